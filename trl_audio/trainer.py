@@ -1,0 +1,461 @@
+"""Online DPO with audio + text prompts: TRL's `OnlineDPOTrainer` with the audio carried through every pass."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from transformers import PreTrainedModel, ProcessorMixin
+from trl.data_utils import apply_chat_template, is_conversational, maybe_apply_chat_template
+from trl.experimental.online_dpo import OnlineDPOTrainer
+from trl.experimental.utils import truncate_right
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import selective_log_softmax
+
+from .audio_utils import AudioLoadError, load_audio
+from .config import AudioOnlineDPOConfig
+from .judges import PairwiseJudge
+
+
+logger = logging.getLogger(__name__)
+
+# Batch key under which the collator reports how many rows of the batch it left out (bad audio).
+SKIPPED_KEY = "_num_skipped_rows"
+
+
+def processor_sampling_rate(processing_class: Any) -> int | None:
+    """The sampling rate the processor's audio feature extractor expects, or None for a text-only tokenizer."""
+    if not isinstance(processing_class, ProcessorMixin):
+        return None
+    for name in ("audio_processor", "feature_extractor"):
+        extractor = getattr(processing_class, name, None)
+        if extractor is not None and getattr(extractor, "sampling_rate", None):
+            return int(extractor.sampling_rate)
+    return None
+
+
+def row_name(row: dict, index: int) -> str:
+    return f"row id={row['id']!r}" if row.get("id") is not None else f"batch row {index}"
+
+
+class AudioPromptCollator:
+    """Collates dataset rows into one dict of columns, decoding each row's `audio` to a mono waveform at the
+    processor's rate. A row whose audio cannot be loaded is skipped with a warning (and counted in the batch under
+    `SKIPPED_KEY`), or raises, as `on_error` says."""
+
+    def __init__(self, sampling_rate: int | None, on_error: str = "skip", max_audio_seconds: float | None = None):
+        self.sampling_rate = sampling_rate
+        self.on_error = on_error
+        self.max_audio_seconds = max_audio_seconds
+
+    def __call__(self, features: list[dict]) -> dict[str, Any]:
+        rows, skipped = [], 0
+        for index, row in enumerate(features):
+            if row.get("audio") is not None:
+                if self.sampling_rate is None:
+                    raise ValueError(
+                        f"{row_name(row, index)} carries audio, but the processing class has no audio feature "
+                        "extractor: pass the model's processor (AutoProcessor), not its tokenizer."
+                    )
+                try:
+                    row = {**row, "audio": load_audio(row["audio"], self.sampling_rate, self.max_audio_seconds)}
+                except AudioLoadError as e:
+                    if self.on_error == "raise":
+                        raise AudioLoadError(f"{row_name(row, index)}: {e}") from e
+                    logger.warning("Skipping %s: %s", row_name(row, index), e)
+                    skipped += 1
+                    continue
+            rows.append(row)
+        keys = list(features[0]) if features else []
+        batch = {key: [row.get(key) for row in rows] for key in keys}
+        batch[SKIPPED_KEY] = skipped
+        return batch
+
+
+def with_audio_part(prompt: list[dict]) -> list[dict]:
+    """A conversational prompt whose user content is a plain string gets an audio part in front of the text, as
+    TRL does for images; prompts that already carry content parts are returned unchanged."""
+    prompt = copy.deepcopy(prompt)
+    for message in prompt:
+        if message["role"] == "user" and isinstance(message["content"], str):
+            message["content"] = [{"type": "audio"}, {"type": "text", "text": message["content"]}]
+    return prompt
+
+
+def without_audio_parts(prompt: Any) -> Any:
+    """The prompt as text-only messages, for text reward models, which cannot hear the audio."""
+    if not is_conversational({"prompt": prompt}):
+        return prompt
+    messages = []
+    for message in prompt:
+        content = message["content"]
+        if not isinstance(content, str):
+            content = "".join(part["text"] for part in content if part.get("type") == "text" and part.get("text"))
+        messages.append({"role": message["role"], "content": content})
+    return messages
+
+
+def repeat_batch(inputs: dict[str, Any], n: int) -> dict[str, Any]:
+    """Repeats every entry of a processor's output `n` times along the batch axis, in TRL's layout (all prompts, then
+    all prompts again). Audio features are stacked per clip rather than per row, and they repeat in the same block
+    order, so clip k of copy i still meets the k-th audio placeholder of copy i."""
+    return {k: torch.cat([v] * n) if isinstance(v, torch.Tensor) else v * n for k, v in inputs.items()}
+
+
+class AudioOnlineDPOTrainer(OnlineDPOTrainer):
+    """Online DPO for models that take audio + text prompts (Phi-4-multimodal, Qwen2-Audio, ...).
+
+    Takes the same arguments as TRL's `OnlineDPOTrainer`, plus `judge`: a pairwise judge called as
+    `judge(prompts, completions_a, completions_b, **columns)` that returns, per prompt, 0 (a preferred), 1 (b
+    preferred) or None (no preference). With a judge, `reward_funcs` may be omitted.
+
+    A training row has `prompt` (conversational messages whose user content includes `{"type": "audio"}`, or text),
+    `audio` (a path, or `{"array", "sampling_rate"}`; absent or None for text-only rows) and any other columns, which
+    reach reward functions and judges unchanged. The processor's outputs travel as one dict through generation, the
+    policy forward and the reference forward, so every audio model family runs through the same lines.
+    """
+
+    _tag_names = ["trl", "online-dpo", "trl-audio"]
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | str,
+        ref_model: PreTrainedModel | nn.Module | None = None,
+        reward_funcs: Any = None,
+        args: AudioOnlineDPOConfig | None = None,
+        judge: PairwiseJudge | Callable[..., list[int | None]] | None = None,
+        data_collator: Callable | None = None,
+        processing_class: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            raise ValueError("`args` must be an AudioOnlineDPOConfig.")
+        if args.use_vllm:
+            raise ValueError("vLLM generation does not carry audio yet: set use_vllm=False.")
+        if reward_funcs is None and judge is None:
+            raise ValueError("Pass `reward_funcs`, a `judge`, or both (the judge then ranks the completions).")
+        self.judge = judge
+        if data_collator is None:
+            data_collator = AudioPromptCollator(
+                processor_sampling_rate(processing_class), args.on_error, args.max_audio_seconds
+            )
+        super().__init__(
+            model=model,
+            ref_model=ref_model,
+            reward_funcs=reward_funcs if reward_funcs is not None else [],
+            args=args,
+            data_collator=data_collator,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self.num_generations = args.num_generations
+        self.sampling_rate = processor_sampling_rate(processing_class)
+        self.audio_token = getattr(processing_class, "audio_token", None)
+        self.skipped = Counter()
+        for name in self.reward_func_names if judge is None else ["judge_wins"]:
+            self.stats[f"rewards/{name}/mean"] = []
+            self.stats[f"rewards/{name}/std"] = []
+        for key in ("pairs/tied_fraction", "completions/mean_length", "audio/seconds", "perf/samples_per_second"):
+            self.stats[key] = []
+
+    def _set_signature_columns_if_needed(self):
+        # Same as Trainer's, except that every column is kept: rows reach the collator whole (audio, references).
+        self._signature_columns = None
+
+    def _prepare_prompt_inputs(self, inputs: dict[str, list]) -> tuple[dict[str, list], dict[str, torch.Tensor]]:
+        """Renders the prompts with the chat template and runs the processor once over the batch (text and audio).
+        Rows whose prompt plus `max_new_tokens` cannot fit in `max_length` are dropped (or raise), never truncated.
+        Returns the kept rows' columns and the processor's outputs as one dict."""
+        audios = inputs.get("audio") or [None] * len(inputs["prompt"])
+        prompts = [
+            with_audio_part(p) if a is not None and is_conversational({"prompt": p}) else p
+            for p, a in zip(inputs["prompt"], audios)
+        ]
+        texts = [maybe_apply_chat_template({"prompt": p}, self.processing_class)["prompt"] for p in prompts]
+        for index, (text, audio) in enumerate(zip(texts, audios)):
+            placeholders = text.count(self.audio_token) if self.audio_token else 0
+            if placeholders != (audio is not None):
+                row = {key: values[index] for key, values in inputs.items()}
+                raise ValueError(
+                    f"{row_name(row, index)} has {'an' if audio is not None else 'no'} audio clip but its rendered "
+                    f"prompt holds {placeholders} audio placeholders: give each audio row exactly one "
+                    '{"type": "audio"} part in its user message, and text-only rows none.'
+                )
+        clips = [a for a in audios if a is not None]
+        audio_kwargs = {"audio": clips, "sampling_rate": self.sampling_rate} if clips else {}
+        prompt_inputs = self.processing_class(
+            text=texts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+            **audio_kwargs,
+        )
+        prompt_lengths = prompt_inputs["attention_mask"].sum(dim=1)
+        too_long = (prompt_lengths + self.args.max_new_tokens > self.args.max_length).tolist()
+        if any(too_long):
+            for index in [i for i, flag in enumerate(too_long) if flag]:
+                row = {key: values[index] for key, values in inputs.items()}
+                message = (
+                    f"{row_name(row, index)}: its prompt is {int(prompt_lengths[index])} tokens (audio placeholders "
+                    f"included); with max_new_tokens={self.args.max_new_tokens} it exceeds max_length="
+                    f"{self.args.max_length}. Raise max_length or use shorter audio; prompts are never truncated."
+                )
+                if self.args.on_too_long == "raise":
+                    raise ValueError(message)
+                logger.warning("Skipping %s", message)
+                self.skipped["too_long"] += 1
+            keep = [i for i, flag in enumerate(too_long) if not flag]
+            kept = {key: [values[i] for i in keep] for key, values in inputs.items()}
+            return self._prepare_prompt_inputs(kept) if keep else (kept, {})
+        prompt_inputs = {k: v for k, v in prompt_inputs.items() if k not in self.processing_class_unused_inputs()}
+        return {**inputs, "prompt": prompts}, prompt_inputs
+
+    def processing_class_unused_inputs(self) -> list[str]:
+        # Some processors return bookkeeping entries that the model does not take (Phi-4-MM: num_img_tokens).
+        return list(getattr(self.processing_class, "unused_input_names", None) or [])
+
+    def _to_model_inputs(self, model: nn.Module, prompt_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Moves the processor's outputs to the model's device; floating-point features take the model's dtype."""
+        parameter = next(model.parameters())
+        return {
+            k: v.to(parameter.device, dtype=parameter.dtype) if v.is_floating_point() else v.to(parameter.device)
+            for k, v in prompt_inputs.items()
+        }
+
+    def _generate(self, model, prompt_inputs):
+        # Same as OnlineDPOTrainer._generate, except that it takes the processor's outputs as one dict (audio features
+        # included, whatever their names), and samples `num_generations` completions per prompt in one call.
+        prompt_inputs = repeat_batch(self._to_model_inputs(model, prompt_inputs), self.num_generations)
+        prompt_ids = prompt_inputs.pop("input_ids")
+        prompt_mask = prompt_inputs.pop("attention_mask")
+        with (
+            unwrap_model_for_generation(
+                model,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+            ) as unwrapped_model,
+            torch.no_grad(),
+            FSDP.summon_full_params(self.model_wrapped, recurse=False) if self.is_fsdp_enabled else nullcontext(),
+        ):
+            if self.args.cache_implementation is not None:
+                unwrapped_model.generation_config.cache_implementation = self.args.cache_implementation
+            output = unwrapped_model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                generation_config=self.generation_config,
+                **prompt_inputs,
+            )
+        completion_ids = output[:, prompt_ids.size(1) :]
+        pad_token_id = self._tokenizer.pad_token_id
+        completion_ids, completion_mask = truncate_right(completion_ids, self.eos_token_ids, pad_token_id)
+        return prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_inputs
+
+    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs=None):
+        # Same as OnlineDPOTrainer._forward, except that the processor's other outputs (audio features, ...) reach the
+        # model as one dict, prompts are never truncated (rows that cannot fit were left out before generation), and
+        # log-probs come from a selective log-softmax instead of a full one.
+        input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
+        attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
+        output = model(input_ids=input_ids, attention_mask=attention_mask, **(multimodal_inputs or {}))
+        prompt_len = prompt_ids.size(1)
+        logits = output.logits[:, prompt_len - 1 : -1]
+        return selective_log_softmax(logits.float(), completion_ids)
+
+    def _calculate_rewards_from_functions(self, prompts, completions, completion_ids_list, **reward_kwargs):
+        # Same as OnlineDPOTrainer._calculate_rewards_from_functions, except that it returns each function's rewards
+        # too (for logging), and reward models get the prompt without its audio parts (they only read text).
+        device = self.accelerator.device
+        rewards_per_func = torch.zeros(len(prompts), len(self.reward_funcs), device=device)
+        reward_kwargs["trainer_state"] = self.state
+        for i, (reward_func, reward_processing_class) in enumerate(
+            zip(self.reward_funcs, self.reward_processing_classes)
+        ):
+            if isinstance(reward_func, nn.Module):
+                if is_conversational({"prompt": prompts[0]}):
+                    texts = [
+                        apply_chat_template({"messages": without_audio_parts(p) + c}, reward_processing_class)["text"]
+                        for p, c in zip(prompts, completions)
+                    ]
+                else:
+                    texts = [p + c for p, c in zip(prompts, completions)]
+                reward_inputs = reward_processing_class(
+                    text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
+                )
+                with torch.inference_mode():
+                    rewards_per_func[:, i] = reward_func(**reward_inputs.to(device)).logits[:, 0]
+            else:
+                output = reward_func(
+                    prompts=prompts, completions=completions, completion_ids=completion_ids_list, **reward_kwargs
+                )
+                rewards_per_func[:, i] = torch.tensor(
+                    [torch.nan if r is None else r for r in output], dtype=torch.float32, device=device
+                )
+        total = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+        return total, rewards_per_func
+
+    def _rank_with_judge(self, prompts, completions: list[str], columns: dict[str, Any]) -> torch.Tensor:
+        """Each completion's number of wins in a round robin of the judge over the `num_generations` samples of its
+        prompt (one judge call per pair of sample indices, batched over prompts)."""
+        batch_size = len(prompts)
+        wins = torch.zeros(self.num_generations, batch_size)
+        for i, j in itertools.combinations(range(self.num_generations), 2):
+            preferences = self.judge(
+                prompts,
+                completions[i * batch_size : (i + 1) * batch_size],
+                completions[j * batch_size : (j + 1) * batch_size],
+                **columns,
+            )
+            if len(preferences) != batch_size:
+                raise ValueError(f"The judge returned {len(preferences)} preferences for {batch_size} prompts.")
+            for b, preference in enumerate(preferences):
+                if preference not in (0, 1, None):
+                    raise ValueError(f"The judge must return 0, 1 or None per prompt, got {preference!r}.")
+                if preference is not None:
+                    wins[(i, j)[preference], b] += 1
+        return wins.flatten().to(self.accelerator.device)
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: int | None = None
+    ) -> torch.Tensor:
+        # Same as OnlineDPOTrainer.training_step, except that: the prompts' audio goes through the processor and every
+        # pass as one dict; rows with bad audio or too long a prompt are skipped and counted; `num_generations`
+        # samples per prompt give a best-vs-worst pair; tied pairs are left out of the loss; a pairwise judge may rank
+        # the samples; and more metrics are logged.
+        start_time = time.perf_counter()
+        model.train()
+        inputs = dict(inputs)
+        self.skipped["bad_audio"] += inputs.pop(SKIPPED_KEY, 0)
+        inputs, prompt_inputs = self._prepare_prompt_inputs(inputs) if inputs["prompt"] else (inputs, {})
+        if not prompt_inputs:  # every row of this batch was skipped: nothing to learn from
+            for values in self.stats.values():
+                values.append(float("nan"))
+            return torch.zeros((), device=self.accelerator.device)
+
+        prompts = inputs["prompt"]
+        batch_size, n = len(prompts), self.num_generations
+        prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs = self._generate(
+            model, prompt_inputs
+        )
+        contain_eos_token = torch.any(
+            torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device)), dim=-1
+        )
+        logprobs = self._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs)
+        with torch.no_grad():
+            if self.ref_model is not None:
+                ref_logprobs = self._forward(
+                    self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs
+                )
+            else:  # PEFT: the reference is the policy with its adapter disabled
+                with self.model.disable_adapter():
+                    ref_logprobs = self._forward(
+                        self.model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs
+                    )
+
+        device = logprobs.device
+        completion_texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        if is_conversational({"prompt": prompts[0]}):
+            completions = [[{"role": "assistant", "content": text}] for text in completion_texts]
+        else:
+            completions = completion_texts
+        columns = {key: values for key, values in inputs.items() if key != "prompt"}
+        if self.judge is None:
+            rewards, rewards_per_func = self._calculate_rewards_from_functions(
+                prompts=n * prompts,
+                completions=completions,
+                completion_ids_list=completion_ids.tolist(),
+                **{k: v * n if isinstance(v, list) else v for k, v in columns.items()},
+            )
+            reward_names = self.reward_func_names
+        else:
+            rewards = self._rank_with_judge(prompts, completion_texts, columns)
+            rewards_per_func, reward_names = rewards.unsqueeze(1), ["judge_wins"]
+        if self.args.missing_eos_penalty is not None:
+            rewards[~contain_eos_token] -= self.args.missing_eos_penalty
+
+        # Best vs worst sample of each prompt; argmax/argmin take the first index on ties, as TRL's `>=` does for 2
+        per_prompt = rewards.view(n, batch_size)
+        best, worst = per_prompt.argmax(dim=0), per_prompt.argmin(dim=0)
+        tied = per_prompt.max(dim=0).values == per_prompt.min(dim=0).values
+        batch_range = torch.arange(batch_size, device=device)
+        chosen_indices = best * batch_size + batch_range
+        rejected_indices = worst * batch_size + batch_range
+
+        logprobs_sum = (logprobs * completion_mask).sum(1)
+        ref_logprobs_sum = (ref_logprobs * completion_mask).sum(1)
+        chosen_logprobs_sum, rejected_logprobs_sum = logprobs_sum[chosen_indices], logprobs_sum[rejected_indices]
+        chosen_ref_logprobs_sum = ref_logprobs_sum[chosen_indices]
+        rejected_ref_logprobs_sum = ref_logprobs_sum[rejected_indices]
+        losses = dpo_losses(
+            chosen_logprobs_sum - rejected_logprobs_sum,
+            chosen_ref_logprobs_sum - rejected_ref_logprobs_sum,
+            self.beta,
+            self.args.loss_type,
+        )
+        preferred = ~tied
+        loss = (losses * preferred).sum() / preferred.sum().clamp(min=1)
+
+        # Log TRL's metrics, then ours
+        gather = self.accelerator.gather_for_metrics
+        scores_margin = rewards[chosen_indices] - rewards[rejected_indices]
+        self.stats["objective/scores_margin"].append(gather(scores_margin.mean()).mean().item())
+        self.stats["objective/scores"].append(gather(rewards.mean()).mean().item())
+        self.stats["val/contain_eos_token"].append(contain_eos_token.float().mean().item())
+        self.stats["logps/chosen"].append(gather(chosen_logprobs_sum).mean().item())
+        self.stats["logps/rejected"].append(gather(rejected_logprobs_sum).mean().item())
+        kl = ((logprobs - ref_logprobs) * completion_mask).sum(1)
+        self.stats["objective/kl"].append(gather(kl.mean()).mean().item())
+        non_score_reward = -self.beta * kl
+        self.stats["objective/non_score_reward"].append(gather(non_score_reward.mean()).mean().item())
+        self.stats["objective/rlhf_reward"].append(gather(rewards + non_score_reward).mean().item())
+        self.stats["objective/entropy"].append(gather(-logprobs_sum.mean()).mean().item())
+        chosen_rewards = gather(self.beta * (chosen_logprobs_sum - chosen_ref_logprobs_sum))
+        rejected_rewards = gather(self.beta * (rejected_logprobs_sum - rejected_ref_logprobs_sum))
+        self.stats["rewards/chosen"].append(chosen_rewards.mean().item())
+        self.stats["rewards/rejected"].append(rejected_rewards.mean().item())
+        margin = chosen_rewards - rejected_rewards
+        self.stats["rewards/margins"].append(margin.mean().item())
+        self.stats["rewards/accuracies"].append((margin > 0).float().mean().item())
+        self.stats["beta"].append(self.beta)
+        for name, values in zip(reward_names, gather(rewards_per_func).T):
+            self.stats[f"rewards/{name}/mean"].append(values.nanmean().item())
+            self.stats[f"rewards/{name}/std"].append(values[~values.isnan()].std().nan_to_num().item())
+        self.stats["pairs/tied_fraction"].append(gather(tied.float()).mean().item())
+        self.stats["completions/mean_length"].append(gather(completion_mask.sum(1).float()).mean().item())
+        audio_seconds = sum(len(a) for a in inputs.get("audio") or [] if a is not None) / (self.sampling_rate or 1)
+        self.stats["audio/seconds"].append(audio_seconds)
+
+        if self.args.n_gpu > 1:
+            loss = loss.mean()
+        self.accelerator.backward(loss)
+        self.stats["perf/samples_per_second"].append(batch_size * n / (time.perf_counter() - start_time))
+        return loss.detach() / self.args.gradient_accumulation_steps
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Same as Trainer.log, except that training logs carry the running counts of skipped rows.
+        if "loss" in logs:
+            logs["data/skipped"] = self.skipped["bad_audio"]
+            logs["data/skipped_too_long"] = self.skipped["too_long"]
+        super().log(logs, start_time)
+
+
+def dpo_losses(pi_logratios: torch.Tensor, ref_logratios: torch.Tensor, beta: float, loss_type: str) -> torch.Tensor:
+    """Per-pair DPO loss from chosen-minus-rejected log-ratios of the policy and the reference (TRL's two losses):
+    `sigmoid` is -log σ(β·h), `ipo` is (h - 1/(2β))², with h = pi_logratios - ref_logratios."""
+    logits = pi_logratios - ref_logratios
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(beta * logits)
+    if loss_type == "ipo":
+        return (logits - 1 / (2 * beta)) ** 2
+    raise ValueError(f"Unknown loss_type {loss_type!r}: use 'sigmoid' or 'ipo'.")
