@@ -161,16 +161,18 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         self.num_generations = args.num_generations
         self.sampling_rate = processor_sampling_rate(processing_class)
         self.audio_token = getattr(processing_class, "audio_token", None)
+        # A sampled audio/image placeholder would make the model look for features that are not there (Phi-4-MM then
+        # fails inside generate); such tokens never belong in an answer. Text-only tokenizers sample as in TRL.
+        if isinstance(processing_class, ProcessorMixin):
+            placeholder_ids = [getattr(processing_class, f"{kind}_token_id", None) for kind in ("audio", "image")]
+            self.generation_kwargs["suppress_tokens"] = [i for i in placeholder_ids if i is not None]
+            self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"]
         self.skipped = Counter()
         for name in self.reward_func_names if judge is None else ["judge_wins"]:
             self.stats[f"rewards/{name}/mean"] = []
             self.stats[f"rewards/{name}/std"] = []
         for key in ("pairs/tied_fraction", "completions/mean_length", "audio/seconds", "perf/samples_per_second"):
             self.stats[key] = []
-
-    def _set_signature_columns_if_needed(self):
-        # Same as Trainer's, except that every column is kept: rows reach the collator whole (audio, references).
-        self._signature_columns = None
 
     def _prepare_prompt_inputs(self, inputs: dict[str, list]) -> tuple[dict[str, list], dict[str, torch.Tensor]]:
         """Renders the prompts with the chat template and runs the processor once over the batch (text and audio).
@@ -275,7 +277,8 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
 
     def _calculate_rewards_from_functions(self, prompts, completions, completion_ids_list, **reward_kwargs):
         # Same as OnlineDPOTrainer._calculate_rewards_from_functions, except that it returns each function's rewards
-        # too (for logging), and reward models get the prompt without its audio parts (they only read text).
+        # too (for logging), reward models get the prompt without its audio parts (they only read text), and callables
+        # get `completion_ids` without padding.
         device = self.accelerator.device
         rewards_per_func = torch.zeros(len(prompts), len(self.reward_funcs), device=device)
         reward_kwargs["trainer_state"] = self.state
@@ -363,7 +366,6 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
                         self.model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs
                     )
 
-        device = logprobs.device
         completion_texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
         if is_conversational({"prompt": prompts[0]}):
             completions = [[{"role": "assistant", "content": text}] for text in completion_texts]
@@ -374,7 +376,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             rewards, rewards_per_func = self._calculate_rewards_from_functions(
                 prompts=n * prompts,
                 completions=completions,
-                completion_ids_list=completion_ids.tolist(),
+                completion_ids_list=[ids[mask.bool()].tolist() for ids, mask in zip(completion_ids, completion_mask)],
                 **{k: v * n if isinstance(v, list) else v for k, v in columns.items()},
             )
             reward_names = self.reward_func_names
@@ -384,14 +386,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         if self.args.missing_eos_penalty is not None:
             rewards[~contain_eos_token] -= self.args.missing_eos_penalty
 
-        # Best vs worst sample of each prompt; argmax/argmin take the first index on ties, as TRL's `>=` does for 2
-        per_prompt = rewards.view(n, batch_size)
-        best, worst = per_prompt.argmax(dim=0), per_prompt.argmin(dim=0)
-        tied = per_prompt.max(dim=0).values == per_prompt.min(dim=0).values
-        batch_range = torch.arange(batch_size, device=device)
-        chosen_indices = best * batch_size + batch_range
-        rejected_indices = worst * batch_size + batch_range
-
+        chosen_indices, rejected_indices, tied = select_pairs(rewards, n)
         logprobs_sum = (logprobs * completion_mask).sum(1)
         ref_logprobs_sum = (ref_logprobs * completion_mask).sum(1)
         chosen_logprobs_sum, rejected_logprobs_sum = logprobs_sum[chosen_indices], logprobs_sum[rejected_indices]
@@ -403,8 +398,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             self.beta,
             self.args.loss_type,
         )
-        preferred = ~tied
-        loss = (losses * preferred).sum() / preferred.sum().clamp(min=1)
+        loss = mean_over_preferred(losses, tied)
 
         # Log TRL's metrics, then ours
         gather = self.accelerator.gather_for_metrics
@@ -448,6 +442,25 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             logs["data/skipped"] = self.skipped["bad_audio"]
             logs["data/skipped_too_long"] = self.skipped["too_long"]
         super().log(logs, start_time)
+
+
+def select_pairs(rewards: torch.Tensor, num_generations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best vs worst sample of each prompt. `rewards` holds `num_generations` blocks of one reward per prompt (TRL's
+    layout: all prompts, then all prompts again). Returns the chosen and rejected indices into `rewards`, and which
+    prompts' samples all tie (no preference). On ties argmax/argmin take the first index, as TRL's `>=` does."""
+    per_prompt = rewards.view(num_generations, -1)
+    batch_range = torch.arange(per_prompt.size(1), device=rewards.device)
+    chosen = per_prompt.argmax(dim=0) * per_prompt.size(1) + batch_range
+    rejected = per_prompt.argmin(dim=0) * per_prompt.size(1) + batch_range
+    tied = per_prompt.max(dim=0).values == per_prompt.min(dim=0).values
+    return chosen, rejected, tied
+
+
+def mean_over_preferred(losses: torch.Tensor, tied: torch.Tensor) -> torch.Tensor:
+    """Mean loss over the pairs that carry a preference; tied pairs count for nothing (0 when all tie, with the
+    graph kept so that backward still runs)."""
+    preferred = ~tied
+    return (losses * preferred).sum() / preferred.sum().clamp(min=1)
 
 
 def dpo_losses(pi_logratios: torch.Tensor, ref_logratios: torch.Tensor, beta: float, loss_type: str) -> torch.Tensor:

@@ -1,0 +1,17 @@
+"""Session-wide fixtures: tiny audio-LLM checkpoints built once per test session (see `trl_audio.testing`)."""
+
+import pytest
+
+from trl_audio.testing import build_tiny_phi4mm, build_tiny_qwen2_audio
+
+
+@pytest.fixture(scope="session")
+def tiny_phi4mm_dir(tmp_path_factory):
+    """A tiny Phi-4-multimodal checkpoint (seed 0) with its `speech-lora/` adapter."""
+    return build_tiny_phi4mm(tmp_path_factory.mktemp("tiny_phi4mm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_audio_dir(tmp_path_factory):
+    """A tiny Qwen2-Audio checkpoint (seed 0)."""
+    return build_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny_qwen2_audio"))
