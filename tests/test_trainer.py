@@ -134,7 +134,7 @@ def test_metrics_are_logged(tiny_phi4mm_dir, tmp_path):
 
 def collate(trainer, rows):
     """The trainer's collator output without its skip count, as `training_step` hands it on."""
-    batch = collate(trainer, rows)
+    batch = trainer.data_collator(rows)
     batch.pop(SKIPPED_KEY)
     return batch
 
