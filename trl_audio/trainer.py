@@ -16,9 +16,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from transformers import PreTrainedModel, ProcessorMixin
+from transformers.training_args import OptimizerNames
 from trl.data_utils import apply_chat_template, is_conversational, maybe_apply_chat_template
 from trl.experimental.online_dpo import OnlineDPOTrainer
-from trl.experimental.utils import truncate_right
+from trl.experimental.utils import empty_cache, truncate_right
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import selective_log_softmax
 
@@ -430,16 +431,28 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         audio_seconds = sum(len(a) for a in inputs.get("audio") or [] if a is not None) / (self.sampling_rate or 1)
         self.stats["audio/seconds"].append(audio_seconds)
 
+        if (
+            self.args.torch_empty_cache_steps is not None
+            and self.state.global_step % self.args.torch_empty_cache_steps == 0
+        ):
+            empty_cache()
+        backward_kwargs = {}
+        if self.args.optim in (OptimizerNames.LOMO, OptimizerNames.ADALOMO):  # they need the learning rate explicitly
+            backward_kwargs["learning_rate"] = self._get_learning_rate()
         if self.args.n_gpu > 1:
             loss = loss.mean()
-        self.accelerator.backward(loss)
+        self.accelerator.backward(loss, **backward_kwargs)
         self.stats["perf/samples_per_second"].append(batch_size * n / (time.perf_counter() - start_time))
         return loss.detach() / self.args.gradient_accumulation_steps
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Same as Trainer.log, except that training logs carry the running counts of skipped rows.
+        # Same as Trainer.log, except that training logs carry the running counts of skipped rows: bad audio met by the
+        # collator, plus the rows `create_audio_dataset` skipped (its `skipped` counter; absent on other datasets).
         if "loss" in logs:
-            logs["data/skipped"] = self.skipped["bad_audio"]
+            dataset_skips = getattr(self.train_dataset, "skipped", None)
+            logs["data/skipped"] = self.skipped["bad_audio"] + (
+                dataset_skips.total if dataset_skips is not None else 0
+            )
             logs["data/skipped_too_long"] = self.skipped["too_long"]
         super().log(logs, start_time)
 
