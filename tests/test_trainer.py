@@ -5,7 +5,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-import soundfile as sf
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
@@ -13,7 +12,7 @@ from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.audio_dataset import create_audio_dataset
-from trl_audio.audio_utils import AudioLoadError, init_model
+from trl_audio.audio_utils import AudioLoadError
 from trl_audio.judges import RewardFunctionJudge
 from trl_audio.testing import load_tiny
 from trl_audio.trainer import SKIPPED_KEY
@@ -470,20 +469,3 @@ def test_it_learns_a_reward_the_tiny_model_can_satisfy(tiny_phi4mm_dir, tmp_path
     rewards = logged(trainer, "rewards/low_token_share/mean")
     assert len(rewards) == 60
     assert statistics.mean(rewards[-10:]) - statistics.mean(rewards[:10]) > 0.2, rewards
-
-
-def test_init_model_merged_speech_lora_matches_the_active_adapter(tiny_phi4mm_dir):
-    merged, processor = init_model(str(tiny_phi4mm_dir), speech_lora="merge", dtype="float32")
-    active, _ = init_model(str(tiny_phi4mm_dir), speech_lora="train", dtype="float32")
-    off, _ = init_model(str(tiny_phi4mm_dir), speech_lora="off", dtype="float32")
-    assert isinstance(active, PeftModel) and not isinstance(merged, PeftModel)
-    assert any(p.requires_grad for n, p in active.named_parameters() if "lora_" in n)
-    text = processor.apply_chat_template(audio_row(0)["prompt"], tokenize=False, add_generation_prompt=True)
-    clip, _ = sf.read(audio_row(0)["audio"], dtype="float32")
-    inputs = processor(text=[text], audio=[clip], return_tensors="pt")
-    with torch.no_grad():
-        merged_logits = merged.eval()(**inputs).logits
-        active_logits = active.eval()(**inputs).logits
-        off_logits = off.eval()(**inputs).logits
-    torch.testing.assert_close(merged_logits, active_logits, atol=1e-5, rtol=1e-5)
-    assert (off_logits - merged_logits).abs().max() > 1e-3

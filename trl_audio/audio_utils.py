@@ -195,17 +195,34 @@ def init_model(
         # Phi4MultimodalProcessor drops its chat template on load (transformers 5.24); the tokenizer keeps a copy.
         processor.chat_template = processor.tokenizer.chat_template
     if speech_lora != "off":
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(
-            model,
-            model_id,
-            subfolder=speech_lora_subfolder,
-            adapter_name="speech",
-            is_trainable=speech_lora == "train",
-            revision=revision,
-        )
+        model = load_speech_lora(model, model_id, speech_lora_subfolder, revision, trainable=speech_lora == "train")
         if speech_lora == "merge":
             model = model.merge_and_unload()
     logger.info("Loaded %s (%s) with speech_lora=%s", model_id, type(model).__name__, speech_lora)
     return model, processor
+
+
+def load_speech_lora(model, model_id: str, subfolder: str, revision: str | None = None, trainable: bool = False):
+    """Wraps `model` in a PEFT model holding the checkpoint's speech LoRA adapter (named `speech`).
+
+    Phi-4-MM's hub adapter was written by transformers' conversion script without PEFT's `base_model.model.` key
+    prefix, which `PeftModel.from_pretrained` silently fails to match (the adapter then stays at its random init). So
+    the weights are loaded here under either layout, and an adapter whose weights do not all land is an error.
+    """
+    from peft import LoraConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
+
+    config = LoraConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
+    config.inference_mode = not trainable
+    weights = load_peft_weights(model_id, subfolder=subfolder, revision=revision)
+    prefix = "base_model.model."
+    weights = {key if key.startswith(prefix) else prefix + key: value for key, value in weights.items()}
+    model = get_peft_model(model, config, adapter_name="speech")
+    result = set_peft_model_state_dict(model, weights, adapter_name="speech")
+    expected = {name for name, _ in model.named_parameters() if ".speech." in name}
+    if result.unexpected_keys or len(weights) != len(expected):
+        raise ValueError(
+            f"The speech adapter in {model_id}/{subfolder} does not fit the model: {len(weights)} tensors for "
+            f"{len(expected)} adapter parameters; unexpected keys such as {result.unexpected_keys[:3]}. "
+            "Check that the adapter belongs to this checkpoint (and revision)."
+        )
+    return model
