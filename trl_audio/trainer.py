@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import itertools
 import logging
 import time
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from peft import PeftModel
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from transformers import PreTrainedModel, ProcessorMixin
 from transformers.training_args import OptimizerNames
@@ -106,6 +108,14 @@ def without_audio_parts(prompt: Any) -> Any:
     return messages
 
 
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the model's forward can compute logits for the last positions only (most causal LMs can; Qwen2-Audio
+    cannot)."""
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def repeat_batch(inputs: dict[str, Any], n: int) -> dict[str, Any]:
     """Repeats every entry of a processor's output `n` times along the batch axis, in TRL's layout (all prompts, then
     all prompts again). Audio features are stacked per clip rather than per row, and they repeat in the same block
@@ -186,7 +196,9 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         ]
         texts = [maybe_apply_chat_template({"prompt": p}, self.processing_class)["prompt"] for p in prompts]
         for index, (text, audio) in enumerate(zip(texts, audios)):
-            placeholders = text.count(self.audio_token) if self.audio_token else 0
+            if self.audio_token is None:  # the processor does not name its placeholder: let it check
+                break
+            placeholders = text.count(self.audio_token)
             if placeholders != (audio is not None):
                 row = {key: values[index] for key, values in inputs.items()}
                 raise ValueError(
@@ -221,10 +233,10 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             keep = [i for i, flag in enumerate(too_long) if not flag]
             kept = {key: [values[i] for i in keep] for key, values in inputs.items()}
             return self._prepare_prompt_inputs(kept) if keep else (kept, {})
-        prompt_inputs = {k: v for k, v in prompt_inputs.items() if k not in self.processing_class_unused_inputs()}
+        prompt_inputs = {k: v for k, v in prompt_inputs.items() if k not in self._unused_processor_outputs()}
         return {**inputs, "prompt": prompts}, prompt_inputs
 
-    def processing_class_unused_inputs(self) -> list[str]:
+    def _unused_processor_outputs(self) -> list[str]:
         # Some processors return bookkeeping entries that the model does not take (Phi-4-MM: num_img_tokens).
         return list(getattr(self.processing_class, "unused_input_names", None) or [])
 
@@ -271,10 +283,12 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         # log-probs come from a selective log-softmax instead of a full one.
         input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
         attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
-        output = model(input_ids=input_ids, attention_mask=attention_mask, **(multimodal_inputs or {}))
-        prompt_len = prompt_ids.size(1)
-        logits = output.logits[:, prompt_len - 1 : -1]
-        return selective_log_softmax(logits.float(), completion_ids)
+        model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **(multimodal_inputs or {})}
+        if accepts_logits_to_keep(self.accelerator.unwrap_model(model)):  # spares the prompt's vocabulary-wide logits
+            logits = model(**model_inputs, logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]
+        else:
+            logits = model(**model_inputs).logits[:, prompt_ids.size(1) - 1 : -1]
+        return selective_log_softmax(logits, completion_ids)
 
     def _calculate_rewards_from_functions(self, prompts, completions, completion_ids_list, **reward_kwargs):
         # Same as OnlineDPOTrainer._calculate_rewards_from_functions, except that it returns each function's rewards
