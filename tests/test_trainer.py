@@ -469,3 +469,23 @@ def test_it_learns_a_reward_the_tiny_model_can_satisfy(tiny_phi4mm_dir, tmp_path
     rewards = logged(trainer, "rewards/low_token_share/mean")
     assert len(rewards) == 60
     assert statistics.mean(rewards[-10:]) - statistics.mean(rewards[:10]) > 0.2, rewards
+
+
+def test_reward_weights_and_missing_eos_penalty_shape_the_scores(tiny_phi4mm_dir, tmp_path):
+    def length_reward(completion_ids, **kwargs):
+        return [float(len(ids)) for ids in completion_ids]
+
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    trainer = AudioOnlineDPOTrainer(
+        model=model,
+        reward_funcs=[token_sum_reward, length_reward],
+        args=make_config(tmp_path, max_steps=2, reward_weights=[0.5, 0.0], missing_eos_penalty=3.0),
+        train_dataset=Dataset.from_list([audio_row(i) for i in range(4)]),
+        processing_class=processor,
+    )
+    trainer.train()
+    for entry in trainer.state.log_history[:2]:
+        # score = 0.5 * token_sum + 0 * length - 3 * [no EOS], averaged over the step's completions
+        expected = 0.5 * entry["rewards/token_sum_reward/mean"] - 3.0 * (1 - entry["val/contain_eos_token"])
+        assert entry["objective/scores"] == pytest.approx(expected, rel=1e-5)
+        assert entry["rewards/length_reward/mean"] > 0
