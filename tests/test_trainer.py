@@ -489,3 +489,28 @@ def test_reward_weights_and_missing_eos_penalty_shape_the_scores(tiny_phi4mm_dir
         expected = 0.5 * entry["rewards/token_sum_reward/mean"] - 3.0 * (1 - entry["val/contain_eos_token"])
         assert entry["objective/scores"] == pytest.approx(expected, rel=1e-5)
         assert entry["rewards/length_reward/mean"] > 0
+
+
+@pytest.mark.parametrize("streaming, decoded", [(True, False), (False, True)])
+def test_trains_on_create_audio_dataset_output(tiny_phi4mm_dir, tmp_path, streaming, decoded):
+    """Rows straight from `create_audio_dataset`: streamed (IterableDataset) or with decoded arrays."""
+    dataset = create_audio_dataset(
+        "tsv",
+        tsv_paths=str(SAMPLE / "train.tsv"),
+        num_egs=4,
+        streaming=streaming,
+        load_audio=decoded,
+        biasing={"bias_prob": 1.0},
+        simu_preference={},
+    )
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    trainer = AudioOnlineDPOTrainer(
+        model=model,
+        reward_funcs=token_sum_reward,
+        args=make_config(tmp_path, max_steps=2),
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.train()
+    assert len(logged(trainer, "loss")) == 2
+    assert all(seconds > 4 for seconds in logged(trainer, "audio/seconds"))  # two clips of 3.6-5.8 s per step

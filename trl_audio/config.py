@@ -70,6 +70,10 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        # Batches carry Python lists (prompts, waveforms), which accelerate cannot broadcast from the main process:
+        # with an IterableDataset every process reads its own batches instead of having them dispatched.
+        if self.accelerator_config.dispatch_batches is None:
+            self.accelerator_config.dispatch_batches = False
         if self.num_generations < 2:
             raise ValueError(f"num_generations must be at least 2 to form a pair, got {self.num_generations}.")
         for name in ("on_too_long", "on_error"):
