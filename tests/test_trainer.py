@@ -55,21 +55,23 @@ def write_jsonl(path, indices, broken_audio):
     return path
 
 
+# Short CPU runs that log every step; TRL's own config accepts the same (used for the drop-in comparison).
+TRAINING_DEFAULTS = dict(
+    per_device_train_batch_size=2,
+    max_steps=3,
+    logging_steps=1,
+    max_new_tokens=8,
+    learning_rate=1e-2,
+    report_to="none",
+    bf16=False,
+    save_strategy="no",
+    disable_tqdm=True,
+    seed=0,
+)
+
+
 def make_config(tmp_path, **overrides):
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=2,
-        max_steps=3,
-        logging_steps=1,
-        max_new_tokens=8,
-        learning_rate=1e-2,
-        report_to="none",
-        bf16=False,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
-    return AudioOnlineDPOConfig(**{**defaults, **overrides})
+    return AudioOnlineDPOConfig(**{"output_dir": str(tmp_path / "out"), **TRAINING_DEFAULTS, **overrides})
 
 
 def token_sum_reward(completion_ids, **kwargs):
@@ -223,18 +225,6 @@ def test_text_only_prompts_give_stock_trl_losses(tiny_phi4mm_dir, tmp_path):
         return [float(sum(map(ord, c[0]["content"]))) for c in completions]
 
     rows = [{"prompt": text_row(i)["prompt"]} for i in range(6)]
-    common = dict(
-        per_device_train_batch_size=2,
-        max_steps=3,
-        logging_steps=1,
-        max_new_tokens=8,
-        learning_rate=1e-2,
-        report_to="none",
-        bf16=False,
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
     runs = {}
     for name, trainer_class, config_class in [
         ("trl", OnlineDPOTrainer, OnlineDPOConfig),
@@ -244,7 +234,7 @@ def test_text_only_prompts_give_stock_trl_losses(tiny_phi4mm_dir, tmp_path):
         trainer = trainer_class(
             model=model,
             reward_funcs=char_code_reward,
-            args=config_class(output_dir=str(tmp_path / name), max_length=512, **common),
+            args=config_class(output_dir=str(tmp_path / name), max_length=512, **TRAINING_DEFAULTS),
             train_dataset=Dataset.from_list(rows),
             processing_class=processor.tokenizer,
         )
