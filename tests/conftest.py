@@ -1,8 +1,14 @@
 """Session-wide fixtures: tiny audio-LLM checkpoints built once per test session (see `trl_audio.testing`)."""
 
 import pytest
+import torch
 
 from trl_audio.testing import build_tiny_phi4mm, build_tiny_qwen2_audio
+
+
+# Tiny models gain nothing from a second thread, and two threads in each of `make test`'s two xdist workers
+# oversubscribe a 2-core machine, where OpenMP's spinning threads make each step about 10x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

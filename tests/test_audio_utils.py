@@ -142,6 +142,7 @@ def test_init_model_merged_speech_lora_matches_the_active_adapter(tiny_phi4mm_di
     active, _ = init_model(str(tiny_phi4mm_dir), speech_lora="train", dtype="float32")
     off, _ = init_model(str(tiny_phi4mm_dir), speech_lora="off", dtype="float32")
     assert isinstance(active, PeftModel) and not isinstance(merged, PeftModel)
+    assert all(p.requires_grad for p in merged.parameters())  # as any freshly loaded model, ready for full tuning
     assert all(p.requires_grad for n, p in active.named_parameters() if ".speech." in n)
     inputs = speech_inputs(processor)
     torch.testing.assert_close(logits(merged, inputs), logits(active, inputs), atol=1e-5, rtol=1e-5)

@@ -198,6 +198,8 @@ def init_model(
         model = load_speech_lora(model, model_id, speech_lora_subfolder, revision, trainable=speech_lora == "train")
         if speech_lora == "merge":
             model = model.merge_and_unload()
+            if quantization_config is None:  # PEFT froze the base weights; merged, they are a plain model again
+                model.requires_grad_(True)
     logger.info("Loaded %s (%s) with speech_lora=%s", model_id, type(model).__name__, speech_lora)
     return model, processor
 

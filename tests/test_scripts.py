@@ -1,0 +1,165 @@
+"""The example scripts: every shipped config parses, the CLI's `main` trains, saves and reloads, the demo runs."""
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoProcessor
+from transformers.utils import is_torch_bf16_gpu_available
+
+from trl_audio.audio_dataset import create_audio_dataset, load_dataset_config
+from trl_audio.audio_utils import init_model
+from trl_audio.evaluation import transcribe
+
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+CONFIGS_DIR = REPO_DIR / "examples/configs"
+TEST_TSV = REPO_DIR / "examples/data/speech_sample/test.tsv"
+sys.path.insert(0, str(REPO_DIR / "examples/scripts"))  # the scripts are files, not modules of the package
+
+import demo_phi4_multimodal_dpo as demo  # noqa: E402
+import dpo_online_phi4_multimodal as cli  # noqa: E402
+
+
+YAML_RECIPES = sorted(CONFIGS_DIR.glob("*.yaml")) + sorted(CONFIGS_DIR.glob("*.yml"))
+JSON_CONFIGS = sorted(CONFIGS_DIR.glob("*.json"))
+
+
+def parse(argv):
+    return cli.make_parser().parse_args_and_config(argv)
+
+
+def test_every_shipped_config_is_covered():
+    assert YAML_RECIPES and JSON_CONFIGS
+    others = sorted(p.name for p in CONFIGS_DIR.iterdir() if p not in YAML_RECIPES + JSON_CONFIGS)
+    assert not others, f"{others}: a config that no test loads (YAML recipes and JSON dataset configs are)"
+
+
+@pytest.mark.parametrize("path", YAML_RECIPES, ids=lambda p: p.name)
+def test_yaml_recipe_parses_into_the_three_dataclasses(path):
+    # An unknown key would raise here (TrlParser). bf16 is turned off so that a GPU recipe also parses on CPU.
+    script_args, training_args, model_args = parse(["--config", str(path), "--bf16", "false"])
+    assert model_args.model_name_or_path
+    assert training_args.reward_weights is None or len(training_args.reward_weights) == len(script_args.reward_funcs)
+    for config in (script_args.dataset_config, script_args.eval_dataset_config):
+        if config is not None:  # recipes are run from the repository root
+            load_dataset_config(REPO_DIR / config)
+
+
+def test_phi4mm_recipe_values():
+    script_args, training_args, model_args = parse(["--config", str(CONFIGS_DIR / "phi4mm_online_dpo.yaml")] + (
+        [] if is_torch_bf16_gpu_available() else ["--bf16", "false"]
+    ))  # fmt: skip
+    assert model_args.model_name_or_path == "microsoft/Phi-4-multimodal-instruct"
+    assert model_args.use_peft and model_args.lora_target_modules == [
+        "qkv_proj",
+        "o_proj",
+        "gate_up_proj",
+        "down_proj",
+    ]
+    assert script_args.speech_lora == "merge" and script_args.reward_funcs == ["wer", "bias_word_recall"]
+    assert training_args.num_generations == 4 and training_args.gradient_checkpointing
+
+
+def test_a_misspelt_recipe_key_is_an_error(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: x\nnum_generation: 4\n")
+    with pytest.raises(ValueError, match="num_generation"):
+        parse(["--config", str(recipe), "--bf16", "false"])
+
+
+@pytest.mark.parametrize("path", JSON_CONFIGS, ids=lambda p: p.name)
+def test_json_dataset_config_loads_and_builds(path):
+    dataset = create_audio_dataset(**load_dataset_config(path))
+    assert len(dataset) > 0 and {"prompt", "audio", "text", "keywords"} <= set(dataset.column_names)
+
+
+def test_bf16_is_off_by_default_without_a_bf16_gpu():
+    training_args = parse(["--output_dir", "unused"])[1]
+    assert training_args.bf16 == is_torch_bf16_gpu_available()
+
+
+def test_script_arguments_are_checked():
+    with pytest.raises(ValueError, match="reward_funcs"):
+        cli.ScriptArguments(reward_funcs=["cer"])
+    script_args, training_args, model_args = parse(
+        ["--model_name_or_path", "unused", "--speech_lora", "train", "--use_peft", "--output_dir", "unused"]
+    )
+    with pytest.raises(ValueError, match="speech_lora='train'"):
+        cli.main(script_args, training_args, model_args)
+
+
+@pytest.fixture(scope="module")
+def eval_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("eval") / "eval_dataset_config.json"
+    path.write_text(json.dumps({"dataset_name": "tsv", "tsv_paths": str(TEST_TSV), "num_egs": 2}))
+    return path
+
+
+def tiny_run_args(model_dir, output_dir, *extra):
+    return [
+        "--model_name_or_path", str(model_dir), "--output_dir", str(output_dir),
+        "--per_device_train_batch_size", "2", "--num_generations", "2", "--max_new_tokens", "8",
+        "--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+        # word_count makes samples differ, so that the pairs carry a preference and the weights move
+        "--reward_funcs", "wer", "bias_word_recall", "word_count", "--learning_rate", "1e-2",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_main_trains_evaluates_saves_and_the_adapter_loads_back(tiny_phi4mm_dir, eval_config, tmp_path):
+    argv = tiny_run_args(
+        tiny_phi4mm_dir, tmp_path, "--eval_dataset_config", str(eval_config),
+        "--use_peft", "--lora_target_modules", "qkv_proj", "o_proj", "gate_up_proj", "down_proj",
+    )  # fmt: skip
+    results = cli.main(*parse(argv))
+
+    steps = [logs for logs in results["log_history"] if "loss" in logs]
+    assert len(steps) == 2
+    for key in ("rewards/wer_reward/mean", "rewards/word_count_reward/std", "pairs/tied_fraction", "objective/kl"):
+        assert key in steps[0]
+    for name in ("eval_before", "eval_after"):
+        assert {"wer", "b_wer", "u_wer", "ref_words"} <= set(results[name]["metrics"])
+        assert [t["id"] for t in results[name]["transcripts"]] == ["ss_0005", "ss_0010"]
+    saved = json.loads((tmp_path / "eval_results.json").read_text())
+    assert saved["after"]["metrics"]["wer"] == results["eval_after"]["metrics"]["wer"]
+
+    # The saved LoRA sits on top of the merged speech adapter, and the processor next to it
+    base, processor = init_model(str(tiny_phi4mm_dir), speech_lora="merge", dtype="float32")
+    model = PeftModel.from_pretrained(base, str(tmp_path))
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b), "the adapter was saved untrained"
+    # (Phi4MultimodalProcessor drops its chat template on load; init_model puts back the tokenizer's copy.)
+    assert AutoProcessor.from_pretrained(str(tmp_path)).tokenizer.chat_template == processor.chat_template
+    rows = list(create_audio_dataset(**load_dataset_config(eval_config)))
+    hypotheses = transcribe(model, processor, rows, max_new_tokens=8)
+    assert hypotheses == [t["hypothesis"] for t in results["eval_after"]["transcripts"]]
+
+
+def test_main_trains_the_speech_adapter_against_the_merged_reference(tiny_phi4mm_dir, tmp_path):
+    cli.main(*parse(tiny_run_args(tiny_phi4mm_dir, tmp_path, "--speech_lora", "train")))
+    trained = load_file(tmp_path / "speech" / "adapter_model.safetensors")
+    original = load_file(tiny_phi4mm_dir / "speech-lora" / "adapter_model.safetensors")
+    assert len(trained) == len(original)
+    # keys differ in prefix (hub layout vs PEFT's), so match them by their common ending
+    changed = 0
+    for key, value in trained.items():
+        (match,) = [v for k, v in original.items() if key.endswith(k.removeprefix("base_model.model."))]
+        changed += not torch.equal(value, match)
+    assert changed > 0
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    out = io.StringIO()
+    results = demo.run_demo(tmp_path, steps=1, brevity_steps=2, size="tiny", out=out)
+    text = out.getvalue()
+    assert "random" in text and "B-WER" in text and "before" in text and "after" in text
+    assert {"asr", "brevity"} == set(results)
+    assert results["brevity"]["eval_after"]["metrics"]["num_rows"] == 10
+    assert (tmp_path / "asr" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "brevity" / "model.safetensors").is_file()

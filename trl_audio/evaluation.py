@@ -1,0 +1,168 @@
+"""Transcription evaluation: greedy batched transcripts of dataset rows, and their WER, B-WER and U-WER."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jiwer
+import torch
+from trl.data_utils import is_conversational, maybe_apply_chat_template
+
+from .audio_utils import AudioLoadError, load_audio
+from .rewards import normalize_text
+from .trainer import processor_sampling_rate, row_name, with_audio_part
+
+
+def transcribe(
+    model: torch.nn.Module,
+    processor: Any,
+    rows: Iterable[dict],
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    max_audio_seconds: float | None = None,
+) -> list[str]:
+    """Greedy transcripts of `rows` (dataset rows as `AudioOnlineDPOTrainer` takes them: `prompt`, `audio`), one
+    string per row, in order.
+
+    Each batch goes through the chat template and the processor once (text and audio together, left padding), and
+    the processor's outputs reach `generate` as one dict, as in the trainer. Audio and image placeholder tokens are
+    never generated. `model` is put in eval mode for the call and given back in the mode it had. Raises
+    `AudioLoadError` naming the row for audio that cannot be loaded: an evaluation set should not lose rows silently.
+    """
+    rows = list(rows)
+    tokenizer = processor.tokenizer if hasattr(processor, "tokenizer") else processor
+    placeholders = [getattr(processor, f"{kind}_token_id", None) for kind in ("audio", "image")]
+    suppress_tokens = [i for i in placeholders if i is not None] or None
+    parameter = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    transcripts = []
+    try:
+        for start in range(0, len(rows), batch_size):
+            inputs = _processor_inputs(processor, rows[start : start + batch_size], start, max_audio_seconds)
+            inputs = {
+                k: v.to(parameter.device, dtype=parameter.dtype) if v.is_floating_point() else v.to(parameter.device)
+                for k, v in inputs.items()
+            }
+            with torch.no_grad():
+                output = model.generate(
+                    **inputs,
+                    do_sample=False,
+                    num_beams=1,
+                    max_new_tokens=max_new_tokens,
+                    suppress_tokens=suppress_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            completions = output[:, inputs["input_ids"].size(1) :]
+            transcripts.extend(t.strip() for t in tokenizer.batch_decode(completions, skip_special_tokens=True))
+    finally:
+        model.train(was_training)
+    return transcripts
+
+
+def _processor_inputs(
+    processor: Any, rows: list[dict], first_index: int, max_audio_seconds: float | None
+) -> dict[str, torch.Tensor]:
+    """One processor call over `rows` (prompts through the chat template, audio decoded at the processor's rate),
+    without the entries the model does not take."""
+    sampling_rate = processor_sampling_rate(processor)
+    clips, texts = [], []
+    for index, row in enumerate(rows, start=first_index):
+        prompt, audio = row["prompt"], row.get("audio")
+        if audio is not None:
+            if sampling_rate is None:
+                raise ValueError(
+                    f"{row_name(row, index)} carries audio, but {type(processor).__name__} has no audio feature "
+                    "extractor: pass the model's processor, not its tokenizer."
+                )
+            try:
+                clips.append(load_audio(audio, sampling_rate, max_audio_seconds))
+            except AudioLoadError as e:
+                raise AudioLoadError(f"{row_name(row, index)}: {e}", reason=e.reason) from e
+            if is_conversational({"prompt": prompt}):
+                prompt = with_audio_part(prompt)
+        texts.append(maybe_apply_chat_template({"prompt": prompt}, processor)["prompt"])
+    audio_kwargs = {"audio": clips, "sampling_rate": sampling_rate} if clips else {}
+    inputs = processor(
+        text=texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False, **audio_kwargs
+    )
+    # Some processors return bookkeeping entries that the model does not take (Phi-4-MM: num_img_tokens).
+    unused = getattr(processor, "unused_input_names", None) or []
+    return {k: v for k, v in inputs.items() if k not in unused}
+
+
+def bias_word_set(keywords: Sequence[str]) -> set[str]:
+    """The normalized words of a row's keywords: `["Ada Lovelace", "moth"]` -> `{"ada", "lovelace", "moth"}`."""
+    return {word for keyword in keywords for word in normalize_text(keyword).split()}
+
+
+def evaluate_transcripts(
+    hypotheses: Sequence[str], references: Sequence[str], keywords_per_row: Sequence[Sequence[str]] | None = None
+) -> dict[str, float | int]:
+    """Corpus-level WER of `hypotheses` against `references`, split into biased and unbiased words.
+
+    Both sides are normalized with `normalize_text` and aligned row by row with jiwer (minimum edit distance, each
+    operation costing 1). A row's *bias words* are the normalized words of its keywords (`bias_word_set`), as in the
+    contextual-biasing literature (Le et al., 2021, "Contextualized streaming end-to-end speech recognition with
+    trie-based deep biasing and shallow fusion"); a phrase keyword contributes each of its words, so every occurrence
+    of such a word in the reference counts as biased. Then, summing over rows:
+
+    - `wer` = (S + D + I) / N, over all N reference words (errors summed over rows, not an average of row WERs);
+    - `b_wer` = (substitutions and deletions of reference words that are bias words, plus insertions of hypothesis
+      words that are bias words) / (number of reference words that are bias words);
+    - `u_wer` = the same for the other words: (S + D of unbiased reference words + insertions of unbiased words) /
+      (number of unbiased reference words).
+
+    So `b_errors + u_errors = errors` and `bias_ref_words + unbiased_ref_words = ref_words`. A rate whose denominator
+    is 0 is NaN. Returns those rates and the counts: `num_rows`, `ref_words`, `bias_ref_words`, `unbiased_ref_words`,
+    `substitutions`, `deletions`, `insertions`, `errors`, `b_errors`, `u_errors`.
+    """
+    if keywords_per_row is None:
+        keywords_per_row = [[] for _ in references]
+    if not len(hypotheses) == len(references) == len(keywords_per_row):
+        raise ValueError(
+            f"Got {len(hypotheses)} hypotheses, {len(references)} references and {len(keywords_per_row)} keyword "
+            "lists: give one of each per row."
+        )
+    counts = dict.fromkeys(
+        ("ref_words", "bias_ref_words", "substitutions", "deletions", "insertions", "b_errors", "u_errors"), 0
+    )
+    for hypothesis, reference, keywords in zip(hypotheses, references, keywords_per_row):
+        bias = bias_word_set(keywords)
+        ref_words, hyp_words = normalize_text(reference).split(), normalize_text(hypothesis).split()
+        counts["ref_words"] += len(ref_words)
+        counts["bias_ref_words"] += sum(w in bias for w in ref_words)
+        if not ref_words:  # jiwer aligns nothing against an empty reference: every word is inserted
+            chunks = [jiwer.AlignmentChunk("insert", 0, 0, 0, len(hyp_words))] if hyp_words else []
+        else:
+            chunks = jiwer.process_words(" ".join(ref_words), " ".join(hyp_words)).alignments[0]
+        for chunk in chunks:
+            if chunk.type == "equal":
+                continue
+            if chunk.type == "insert":
+                counts["insertions"] += chunk.hyp_end_idx - chunk.hyp_start_idx
+                errors = hyp_words[chunk.hyp_start_idx : chunk.hyp_end_idx]
+            else:  # substitute, delete: the reference words decide which rate the error belongs to
+                counts["substitutions" if chunk.type == "substitute" else "deletions"] += (
+                    chunk.ref_end_idx - chunk.ref_start_idx
+                )
+                errors = ref_words[chunk.ref_start_idx : chunk.ref_end_idx]
+            for word in errors:
+                counts["b_errors" if word in bias else "u_errors"] += 1
+    errors = counts["substitutions"] + counts["deletions"] + counts["insertions"]
+    unbiased_ref_words = counts["ref_words"] - counts["bias_ref_words"]
+    return {
+        "wer": _rate(errors, counts["ref_words"]),
+        "b_wer": _rate(counts["b_errors"], counts["bias_ref_words"]),
+        "u_wer": _rate(counts["u_errors"], unbiased_ref_words),
+        "num_rows": len(references),
+        **counts,
+        "unbiased_ref_words": unbiased_ref_words,
+        "errors": errors,
+    }
+
+
+def _rate(errors: int, words: int) -> float:
+    return errors / words if words else math.nan
