@@ -14,8 +14,8 @@ from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.audio_dataset import create_audio_dataset
 from trl_audio.audio_utils import AudioLoadError
 from trl_audio.judges import RewardFunctionJudge
+from trl_audio.prompt_inputs import SKIPPED_KEY, to_model_inputs
 from trl_audio.testing import load_tiny
-from trl_audio.trainer import SKIPPED_KEY
 
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples/data/speech_sample"
@@ -156,7 +156,7 @@ def forward_logprobs(trainer, rows, completion_ids, completion_mask):
     """The trainer's own path: collator -> processor dict -> repeated per sample -> _forward."""
     batch = collate(trainer, rows)
     _, prompt_inputs = trainer._prepare_prompt_inputs(batch)
-    prompt_inputs = trainer._to_model_inputs(trainer.model, prompt_inputs)
+    prompt_inputs = to_model_inputs(trainer.model, prompt_inputs)
     prompt_ids, prompt_mask = prompt_inputs.pop("input_ids"), prompt_inputs.pop("attention_mask")
     with torch.no_grad():
         return trainer._forward(trainer.model, prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_inputs)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trl_audio.trainer import dpo_losses, mean_over_preferred, repeat_batch, select_pairs
+from trl_audio.trainer import dpo_losses, mean_over_preferred, select_pairs
 
 
 # 3 prompts x 3 samples, in TRL's layout: rewards[k * 3 + b] is sample k of prompt b.
@@ -62,11 +62,3 @@ def test_all_tied_gives_zero_loss_that_still_backpropagates():
 def test_unknown_loss_type_is_an_error():
     with pytest.raises(ValueError, match="loss_type"):
         dpo_losses(torch.zeros(1), torch.zeros(1), 0.1, "hinge")
-
-
-def test_repeat_batch_keeps_trl_block_layout():
-    inputs = {"input_ids": torch.tensor([[1, 2], [3, 4]]), "audio_embed_sizes": torch.tensor([7]), "names": ["a"]}
-    out = repeat_batch(inputs, 3)
-    assert out["input_ids"][:, 0].tolist() == [1, 3, 1, 3, 1, 3]
-    assert out["audio_embed_sizes"].tolist() == [7, 7, 7]
-    assert out["names"] == ["a", "a", "a"]

@@ -8,11 +8,16 @@ from typing import Any
 
 import jiwer
 import torch
-from trl.data_utils import is_conversational, maybe_apply_chat_template
 
-from .audio_utils import AudioLoadError, load_audio
+from .prompt_inputs import (
+    AudioPromptCollator,
+    placeholder_token_ids,
+    process_prompts,
+    processor_sampling_rate,
+    render_prompts,
+    to_model_inputs,
+)
 from .rewards import normalize_text
-from .trainer import processor_sampling_rate, row_name, with_audio_part
 
 
 def transcribe(
@@ -33,26 +38,24 @@ def transcribe(
     """
     rows = list(rows)
     tokenizer = processor.tokenizer if hasattr(processor, "tokenizer") else processor
-    placeholders = [getattr(processor, f"{kind}_token_id", None) for kind in ("audio", "image")]
-    suppress_tokens = [i for i in placeholders if i is not None] or None
-    parameter = next(model.parameters())
+    collate = AudioPromptCollator(processor_sampling_rate(processor), "raise", max_audio_seconds)
     was_training = model.training
     model.eval()
     transcripts = []
     try:
         for start in range(0, len(rows), batch_size):
-            inputs = _processor_inputs(processor, rows[start : start + batch_size], start, max_audio_seconds)
-            inputs = {
-                k: v.to(parameter.device, dtype=parameter.dtype) if v.is_floating_point() else v.to(parameter.device)
-                for k, v in inputs.items()
-            }
+            batch = collate(rows[start : start + batch_size])
+            _, texts = render_prompts(processor, batch)
+            inputs = to_model_inputs(
+                model, process_prompts(processor, texts, batch.get("audio") or [None] * len(texts))
+            )
             with torch.no_grad():
                 output = model.generate(
                     **inputs,
                     do_sample=False,
                     num_beams=1,
                     max_new_tokens=max_new_tokens,
-                    suppress_tokens=suppress_tokens,
+                    suppress_tokens=placeholder_token_ids(processor) or None,
                     pad_token_id=tokenizer.pad_token_id,
                 )
             completions = output[:, inputs["input_ids"].size(1) :]
@@ -60,37 +63,6 @@ def transcribe(
     finally:
         model.train(was_training)
     return transcripts
-
-
-def _processor_inputs(
-    processor: Any, rows: list[dict], first_index: int, max_audio_seconds: float | None
-) -> dict[str, torch.Tensor]:
-    """One processor call over `rows` (prompts through the chat template, audio decoded at the processor's rate),
-    without the entries the model does not take."""
-    sampling_rate = processor_sampling_rate(processor)
-    clips, texts = [], []
-    for index, row in enumerate(rows, start=first_index):
-        prompt, audio = row["prompt"], row.get("audio")
-        if audio is not None:
-            if sampling_rate is None:
-                raise ValueError(
-                    f"{row_name(row, index)} carries audio, but {type(processor).__name__} has no audio feature "
-                    "extractor: pass the model's processor, not its tokenizer."
-                )
-            try:
-                clips.append(load_audio(audio, sampling_rate, max_audio_seconds))
-            except AudioLoadError as e:
-                raise AudioLoadError(f"{row_name(row, index)}: {e}", reason=e.reason) from e
-            if is_conversational({"prompt": prompt}):
-                prompt = with_audio_part(prompt)
-        texts.append(maybe_apply_chat_template({"prompt": prompt}, processor)["prompt"])
-    audio_kwargs = {"audio": clips, "sampling_rate": sampling_rate} if clips else {}
-    inputs = processor(
-        text=texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False, **audio_kwargs
-    )
-    # Some processors return bookkeeping entries that the model does not take (Phi-4-MM: num_img_tokens).
-    unused = getattr(processor, "unused_input_names", None) or []
-    return {k: v for k, v in inputs.items() if k not in unused}
 
 
 def bias_word_set(keywords: Sequence[str]) -> set[str]:

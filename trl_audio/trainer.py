@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 import itertools
 import logging
@@ -17,82 +16,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 from peft import PeftModel
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-from transformers import PreTrainedModel, ProcessorMixin
+from transformers import PreTrainedModel
 from transformers.training_args import OptimizerNames
-from trl.data_utils import apply_chat_template, is_conversational, maybe_apply_chat_template
+from trl.data_utils import apply_chat_template, is_conversational
 from trl.experimental.online_dpo import OnlineDPOTrainer
 from trl.experimental.utils import empty_cache, truncate_right
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import selective_log_softmax
 
-from .audio_utils import AudioLoadError, load_audio
 from .config import AudioOnlineDPOConfig
 from .judges import PairwiseJudge
+from .prompt_inputs import (
+    SKIPPED_KEY,
+    AudioPromptCollator,
+    placeholder_token_ids,
+    process_prompts,
+    processor_sampling_rate,
+    render_prompts,
+    repeat_batch,
+    row_name,
+    to_model_inputs,
+)
 
 
 logger = logging.getLogger(__name__)
-
-# Batch key under which the collator reports how many rows of the batch it left out (bad audio).
-SKIPPED_KEY = "_num_skipped_rows"
-
-
-def processor_sampling_rate(processing_class: Any) -> int | None:
-    """The sampling rate the processor's audio feature extractor expects, or None for a text-only tokenizer."""
-    if not isinstance(processing_class, ProcessorMixin):
-        return None
-    for name in ("audio_processor", "feature_extractor"):
-        extractor = getattr(processing_class, name, None)
-        if extractor is not None and getattr(extractor, "sampling_rate", None):
-            return int(extractor.sampling_rate)
-    return None
-
-
-def row_name(row: dict, index: int) -> str:
-    return f"row id={row['id']!r}" if row.get("id") is not None else f"batch row {index}"
-
-
-class AudioPromptCollator:
-    """Collates dataset rows into one dict of columns, decoding each row's `audio` to a mono waveform at the
-    processor's rate. A row whose audio cannot be loaded is skipped with a warning (and counted in the batch under
-    `SKIPPED_KEY`), or raises, as `on_error` says."""
-
-    def __init__(self, sampling_rate: int | None, on_error: str = "skip", max_audio_seconds: float | None = None):
-        self.sampling_rate = sampling_rate
-        self.on_error = on_error
-        self.max_audio_seconds = max_audio_seconds
-
-    def __call__(self, features: list[dict]) -> dict[str, Any]:
-        rows, skipped = [], 0
-        for index, row in enumerate(features):
-            if row.get("audio") is not None:
-                if self.sampling_rate is None:
-                    raise ValueError(
-                        f"{row_name(row, index)} carries audio, but the processing class has no audio feature "
-                        "extractor: pass the model's processor (AutoProcessor), not its tokenizer."
-                    )
-                try:
-                    row = {**row, "audio": load_audio(row["audio"], self.sampling_rate, self.max_audio_seconds)}
-                except AudioLoadError as e:
-                    if self.on_error == "raise":
-                        raise AudioLoadError(f"{row_name(row, index)}: {e}") from e
-                    logger.warning("Skipping %s: %s", row_name(row, index), e)
-                    skipped += 1
-                    continue
-            rows.append(row)
-        keys = list(features[0]) if features else []
-        batch = {key: [row.get(key) for row in rows] for key in keys}
-        batch[SKIPPED_KEY] = skipped
-        return batch
-
-
-def with_audio_part(prompt: list[dict]) -> list[dict]:
-    """A conversational prompt whose user content is a plain string gets an audio part in front of the text, as
-    TRL does for images; prompts that already carry content parts are returned unchanged."""
-    prompt = copy.deepcopy(prompt)
-    for message in prompt:
-        if message["role"] == "user" and isinstance(message["content"], str):
-            message["content"] = [{"type": "audio"}, {"type": "text", "text": message["content"]}]
-    return prompt
 
 
 def without_audio_parts(prompt: Any) -> Any:
@@ -114,13 +61,6 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
     if isinstance(model, PeftModel):
         model = model.get_base_model()
     return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def repeat_batch(inputs: dict[str, Any], n: int) -> dict[str, Any]:
-    """Repeats every entry of a processor's output `n` times along the batch axis, in TRL's layout (all prompts, then
-    all prompts again). Audio features are stacked per clip rather than per row, and they repeat in the same block
-    order, so clip k of copy i still meets the k-th audio placeholder of copy i."""
-    return {k: torch.cat([v] * n) if isinstance(v, torch.Tensor) else v * n for k, v in inputs.items()}
 
 
 class AudioOnlineDPOTrainer(OnlineDPOTrainer):
@@ -171,12 +111,10 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         )
         self.num_generations = args.num_generations
         self.sampling_rate = processor_sampling_rate(processing_class)
-        self.audio_token = getattr(processing_class, "audio_token", None)
         # A sampled audio/image placeholder would make the model look for features that are not there (Phi-4-MM then
         # fails inside generate); such tokens never belong in an answer. Text-only tokenizers sample as in TRL.
-        if isinstance(processing_class, ProcessorMixin):
-            placeholder_ids = [getattr(processing_class, f"{kind}_token_id", None) for kind in ("audio", "image")]
-            self.generation_kwargs["suppress_tokens"] = [i for i in placeholder_ids if i is not None]
+        if placeholder_token_ids(processing_class):
+            self.generation_kwargs["suppress_tokens"] = placeholder_token_ids(processing_class)
             self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"]
         self.skipped = Counter()
         for name in self.reward_func_names if judge is None else ["judge_wins"]:
@@ -189,33 +127,8 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         """Renders the prompts with the chat template and runs the processor once over the batch (text and audio).
         Rows whose prompt plus `max_new_tokens` cannot fit in `max_length` are dropped (or raise), never truncated.
         Returns the kept rows' columns and the processor's outputs as one dict."""
-        audios = inputs.get("audio") or [None] * len(inputs["prompt"])
-        prompts = [
-            with_audio_part(p) if a is not None and is_conversational({"prompt": p}) else p
-            for p, a in zip(inputs["prompt"], audios)
-        ]
-        texts = [maybe_apply_chat_template({"prompt": p}, self.processing_class)["prompt"] for p in prompts]
-        for index, (text, audio) in enumerate(zip(texts, audios)):
-            if self.audio_token is None:  # the processor does not name its placeholder: let it check
-                break
-            placeholders = text.count(self.audio_token)
-            if placeholders != (audio is not None):
-                row = {key: values[index] for key, values in inputs.items()}
-                raise ValueError(
-                    f"{row_name(row, index)} has {'an' if audio is not None else 'no'} audio clip but its rendered "
-                    f"prompt holds {placeholders} audio placeholders: give each audio row exactly one "
-                    '{"type": "audio"} part in its user message, and text-only rows none.'
-                )
-        clips = [a for a in audios if a is not None]
-        audio_kwargs = {"audio": clips, "sampling_rate": self.sampling_rate} if clips else {}
-        prompt_inputs = self.processing_class(
-            text=texts,
-            return_tensors="pt",
-            padding=True,
-            padding_side="left",
-            add_special_tokens=False,
-            **audio_kwargs,
-        )
+        prompts, texts = render_prompts(self.processing_class, inputs)
+        prompt_inputs = process_prompts(self.processing_class, texts, inputs.get("audio"))
         prompt_lengths = prompt_inputs["attention_mask"].sum(dim=1)
         too_long = (prompt_lengths + self.args.max_new_tokens > self.args.max_length).tolist()
         if any(too_long):
@@ -233,25 +146,12 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             keep = [i for i, flag in enumerate(too_long) if not flag]
             kept = {key: [values[i] for i in keep] for key, values in inputs.items()}
             return self._prepare_prompt_inputs(kept) if keep else (kept, {})
-        prompt_inputs = {k: v for k, v in prompt_inputs.items() if k not in self._unused_processor_outputs()}
         return {**inputs, "prompt": prompts}, prompt_inputs
-
-    def _unused_processor_outputs(self) -> list[str]:
-        # Some processors return bookkeeping entries that the model does not take (Phi-4-MM: num_img_tokens).
-        return list(getattr(self.processing_class, "unused_input_names", None) or [])
-
-    def _to_model_inputs(self, model: nn.Module, prompt_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Moves the processor's outputs to the model's device; floating-point features take the model's dtype."""
-        parameter = next(model.parameters())
-        return {
-            k: v.to(parameter.device, dtype=parameter.dtype) if v.is_floating_point() else v.to(parameter.device)
-            for k, v in prompt_inputs.items()
-        }
 
     def _generate(self, model, prompt_inputs):
         # Same as OnlineDPOTrainer._generate, except that it takes the processor's outputs as one dict (audio features
         # included, whatever their names), and samples `num_generations` completions per prompt in one call.
-        prompt_inputs = repeat_batch(self._to_model_inputs(model, prompt_inputs), self.num_generations)
+        prompt_inputs = repeat_batch(to_model_inputs(model, prompt_inputs), self.num_generations)
         prompt_ids = prompt_inputs.pop("input_ids")
         prompt_mask = prompt_inputs.pop("attention_mask")
         with (

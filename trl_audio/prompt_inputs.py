@@ -1,0 +1,140 @@
+"""Rows (prompt + audio) to the processor's outputs, as one dict for every audio model family: the path shared by the
+trainer and the evaluation."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+from transformers import ProcessorMixin
+from trl.data_utils import is_conversational, maybe_apply_chat_template
+
+from .audio_utils import AudioLoadError, load_audio
+
+
+logger = logging.getLogger(__name__)
+
+# Batch key under which the collator reports how many rows of the batch it left out (bad audio).
+SKIPPED_KEY = "_num_skipped_rows"
+
+
+def processor_sampling_rate(processing_class: Any) -> int | None:
+    """The sampling rate the processor's audio feature extractor expects, or None for a text-only tokenizer."""
+    if not isinstance(processing_class, ProcessorMixin):
+        return None
+    for name in ("audio_processor", "feature_extractor"):
+        extractor = getattr(processing_class, name, None)
+        if extractor is not None and getattr(extractor, "sampling_rate", None):
+            return int(extractor.sampling_rate)
+    return None
+
+
+def placeholder_token_ids(processing_class: Any) -> list[int]:
+    """The audio/image placeholder ids of a multimodal processor (none for a tokenizer). A sampled placeholder would
+    make the model look for features that are not there, so they are never generated."""
+    if not isinstance(processing_class, ProcessorMixin):
+        return []
+    ids = [getattr(processing_class, f"{kind}_token_id", None) for kind in ("audio", "image")]
+    return [i for i in ids if i is not None]
+
+
+def row_name(row: dict, index: int) -> str:
+    return f"row id={row['id']!r}" if row.get("id") is not None else f"batch row {index}"
+
+
+class AudioPromptCollator:
+    """Collates dataset rows into one dict of columns, decoding each row's `audio` to a mono waveform at the
+    processor's rate. A row whose audio cannot be loaded is skipped with a warning (and counted in the batch under
+    `SKIPPED_KEY`), or raises naming the row, as `on_error` says."""
+
+    def __init__(self, sampling_rate: int | None, on_error: str = "skip", max_audio_seconds: float | None = None):
+        self.sampling_rate = sampling_rate
+        self.on_error = on_error
+        self.max_audio_seconds = max_audio_seconds
+
+    def __call__(self, features: list[dict]) -> dict[str, Any]:
+        rows, skipped = [], 0
+        for index, row in enumerate(features):
+            if row.get("audio") is not None:
+                if self.sampling_rate is None:
+                    raise ValueError(
+                        f"{row_name(row, index)} carries audio, but the processing class has no audio feature "
+                        "extractor: pass the model's processor (AutoProcessor), not its tokenizer."
+                    )
+                try:
+                    row = {**row, "audio": load_audio(row["audio"], self.sampling_rate, self.max_audio_seconds)}
+                except AudioLoadError as e:
+                    if self.on_error == "raise":
+                        raise AudioLoadError(f"{row_name(row, index)}: {e}", reason=e.reason) from e
+                    logger.warning("Skipping %s: %s", row_name(row, index), e)
+                    skipped += 1
+                    continue
+            rows.append(row)
+        keys = list(features[0]) if features else []
+        batch = {key: [row.get(key) for row in rows] for key in keys}
+        batch[SKIPPED_KEY] = skipped
+        return batch
+
+
+def with_audio_part(prompt: list[dict]) -> list[dict]:
+    """A conversational prompt whose user content is a plain string gets an audio part in front of the text, as
+    TRL does for images; prompts that already carry content parts are returned unchanged."""
+    prompt = copy.deepcopy(prompt)
+    for message in prompt:
+        if message["role"] == "user" and isinstance(message["content"], str):
+            message["content"] = [{"type": "audio"}, {"type": "text", "text": message["content"]}]
+    return prompt
+
+
+def render_prompts(processing_class: Any, batch: dict[str, list]) -> tuple[list, list[str]]:
+    """The batch's prompts (with an audio part where a row has audio) and their texts through the chat template.
+    Raises, naming the row, when a row's audio and its audio placeholders do not pair up one to one (unchecked when
+    the processor does not name its placeholder)."""
+    audios = batch.get("audio") or [None] * len(batch["prompt"])
+    prompts = [
+        with_audio_part(p) if a is not None and is_conversational({"prompt": p}) else p
+        for p, a in zip(batch["prompt"], audios)
+    ]
+    texts = [maybe_apply_chat_template({"prompt": p}, processing_class)["prompt"] for p in prompts]
+    audio_token = getattr(processing_class, "audio_token", None)
+    for index, (text, audio) in enumerate(zip(texts, audios)):
+        if audio_token is not None and text.count(audio_token) != (audio is not None):
+            row = {key: values[index] for key, values in batch.items()}
+            raise ValueError(
+                f"{row_name(row, index)} has {'an' if audio is not None else 'no'} audio clip but its rendered prompt "
+                f"holds {text.count(audio_token)} audio placeholders: give each audio row exactly one "
+                '{"type": "audio"} part in its user message, and text-only rows none.'
+            )
+    return prompts, texts
+
+
+def process_prompts(processing_class: Any, texts: list[str], audios: list | None) -> dict[str, torch.Tensor]:
+    """One processor call over the rendered prompts and the rows' clips (None for text-only rows, or no list at all
+    for a text-only batch), left-padded, as
+    one dict; without the bookkeeping entries some processors return that the model does not take (Phi-4-MM:
+    num_img_tokens)."""
+    clips = [a for a in audios or [] if a is not None]
+    audio_kwargs = {"audio": clips, "sampling_rate": processor_sampling_rate(processing_class)} if clips else {}
+    inputs = processing_class(
+        text=texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False, **audio_kwargs
+    )
+    unused = getattr(processing_class, "unused_input_names", None) or []
+    return {k: v for k, v in inputs.items() if k not in unused}
+
+
+def to_model_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Moves the processor's outputs to the model's device; floating-point features take the model's dtype."""
+    parameter = next(model.parameters())
+    return {
+        k: v.to(parameter.device, dtype=parameter.dtype) if v.is_floating_point() else v.to(parameter.device)
+        for k, v in inputs.items()
+    }
+
+
+def repeat_batch(inputs: dict[str, Any], n: int) -> dict[str, Any]:
+    """Repeats every entry of a processor's output `n` times along the batch axis, in TRL's layout (all prompts, then
+    all prompts again). Audio features are stacked per clip rather than per row, and they repeat in the same block
+    order, so clip k of copy i still meets the k-th audio placeholder of copy i."""
+    return {k: torch.cat([v] * n) if isinstance(v, torch.Tensor) else v * n for k, v in inputs.items()}
