@@ -504,3 +504,22 @@ def test_trains_on_create_audio_dataset_output(tiny_phi4mm_dir, tmp_path, stream
     trainer.train()
     assert len(logged(trainer, "loss")) == 2
     assert all(seconds > 4 for seconds in logged(trainer, "audio/seconds"))  # two clips of 3.6-5.8 s per step
+
+
+def test_with_a_judge_reward_functions_are_logged_but_do_not_rank(tiny_phi4mm_dir, tmp_path):
+    def undecided(prompts, completions_a, completions_b, **columns):
+        return [None] * len(prompts)
+
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    trainer = AudioOnlineDPOTrainer(
+        model=model,
+        reward_funcs=token_sum_reward,  # would separate every pair, were it ranking
+        judge=undecided,
+        args=make_config(tmp_path, max_steps=1),
+        train_dataset=Dataset.from_list([audio_row(i) for i in range(2)]),
+        processing_class=processor,
+    )
+    trainer.train()
+    entry = trainer.state.log_history[0]
+    assert entry["pairs/tied_fraction"] == 1.0 and entry["loss"] == 0.0
+    assert entry["rewards/token_sum_reward/mean"] > 0 and entry["rewards/judge_wins/mean"] == 0.0

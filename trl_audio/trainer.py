@@ -68,7 +68,8 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
 
     Takes the same arguments as TRL's `OnlineDPOTrainer`, plus `judge`: a pairwise judge called as
     `judge(prompts, completions_a, completions_b, **columns)` that returns, per prompt, 0 (a preferred), 1 (b
-    preferred) or None (no preference). With a judge, `reward_funcs` may be omitted.
+    preferred) or None (no preference). With a judge, the samples are ranked by their wins in a round robin of the
+    judge; `reward_funcs` may then be omitted, and those given are computed and logged only.
 
     A training row has `prompt` (conversational messages whose user content includes `{"type": "audio"}`, or text),
     `audio` (a path, or `{"array", "sampling_rate"}`; absent or None for text-only rows) and any other columns, which
@@ -117,7 +118,8 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             self.generation_kwargs["suppress_tokens"] = placeholder_token_ids(processing_class)
             self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"]
         self.skipped = Counter()
-        for name in self.reward_func_names if judge is None else ["judge_wins"]:
+        self.reward_names = self.reward_func_names + (["judge_wins"] if judge is not None else [])
+        for name in self.reward_names:
             self.stats[f"rewards/{name}/mean"] = []
             self.stats[f"rewards/{name}/std"] = []
         for key in ("pairs/tied_fraction", "completions/mean_length", "audio/seconds", "perf/samples_per_second"):
@@ -287,17 +289,17 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         else:
             completions = completion_texts
         columns = {key: values for key, values in inputs.items() if key != "prompt"}
-        if self.judge is None:
+        rewards_per_func = torch.zeros(len(completions), 0, device=completion_ids.device)
+        if self.reward_funcs:
             rewards, rewards_per_func = self._calculate_rewards_from_functions(
                 prompts=n * prompts,
                 completions=completions,
                 completion_ids_list=[ids[mask.bool()].tolist() for ids, mask in zip(completion_ids, completion_mask)],
                 **{k: v * n if isinstance(v, list) else v for k, v in columns.items()},
             )
-            reward_names = self.reward_func_names
-        else:
+        if self.judge is not None:  # the judge ranks; reward functions given alongside are only logged
             rewards = self._rank_with_judge(prompts, completion_texts, columns)
-            rewards_per_func, reward_names = rewards.unsqueeze(1), ["judge_wins"]
+            rewards_per_func = torch.cat([rewards_per_func, rewards.unsqueeze(1)], dim=1)
         if self.args.missing_eos_penalty is not None:
             rewards[~contain_eos_token] -= self.args.missing_eos_penalty
 
@@ -337,7 +339,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         self.stats["rewards/margins"].append(margin.mean().item())
         self.stats["rewards/accuracies"].append((margin > 0).float().mean().item())
         self.stats["beta"].append(self.beta)
-        for name, values in zip(reward_names, gather(rewards_per_func).T):
+        for name, values in zip(self.reward_names, gather(rewards_per_func).T):
             self.stats[f"rewards/{name}/mean"].append(values.nanmean().item())
             self.stats[f"rewards/{name}/std"].append(values[~values.isnan()].std().nan_to_num().item())
         self.stats["pairs/tied_fraction"].append(gather(tied.float()).mean().item())
