@@ -230,6 +230,65 @@ def test_biased_prompts_list_pieces_of_the_transcript():
     assert all(row["prompt"] == make_prompt(TRANSCRIBE_PROMPT) and row["bias_words"] == [] for row in plain)
 
 
+def test_default_hit_source_gives_the_prompts_of_before_hit_source_existed():
+    # The shipped config's biasing block before `hit_source` existed; literal lists drawn by the code of that time.
+    biasing = {"bias_prob": 0.9, "hit_prob": 0.9, "max_piece_len": 1, "max_num": 2}
+    expected = [[], ["called", "the"], ["computer", "moth"], ["formulas", "remarkable"], ["over", "the"], ["from"]]
+    expected += [["fresh", "Tbilisi"], ["The"]]
+    for block in (biasing, biasing | {"hit_source": "transcript"}):
+        ds = create_audio_dataset("tsv", tsv_paths=str(SAMPLE_DIR / "train.tsv"), num_egs=8, biasing=block)
+        assert list(ds["bias_words"]) == expected
+        assert [row["prompt"] for row in ds] == [make_prompt(make_instruction(words)) for words in expected]
+
+
+def test_keyword_hits_list_the_rows_keywords_and_other_rows_keywords_as_distractors():
+    train = read_tsv(str(SAMPLE_DIR / "train.tsv"))
+    biasing = {"bias_prob": 1.0, "hit_prob": 1.0, "max_num": 3, "hit_source": "keywords"}
+    ds = create_audio_dataset("tsv", tsv_paths=str(SAMPLE_DIR / "train.tsv"), biasing=biasing)
+    assert list(ds["keywords"]) == [r.keywords for r in train] and all(r.keywords for r in train)
+    num_distractors = 0
+    for i, row in enumerate(ds):
+        earlier = {k for r in train[:i] for k in r.keywords}
+        hits = [w for w in row["bias_words"] if w in row["keywords"]]
+        assert sorted(hits) == sorted(row["keywords"])  # at most 3 keywords a row: all listed whole
+        for word in set(row["bias_words"]) - set(hits):
+            assert word in earlier and not word_set(word) & word_set(row["text"]), (row["id"], word)
+            num_distractors += 1
+        assert row["prompt"] == make_prompt(make_instruction(row["bias_words"]))
+    assert num_distractors > 5  # the 1-keyword rows with room left
+
+    # hit_prob 0: only distractors, and a streamed dataset draws the same ones (its pool restarts each pass).
+    config = {
+        "jsonl_paths": str(SAMPLE_DIR / "metadata.jsonl"),
+        "biasing": {"bias_prob": 1.0, "hit_prob": 0.0, "max_num": 3, "hit_source": "keywords"},
+        "seed": 3,
+    }
+    ds = create_audio_dataset("jsonl", **config)
+    all_keywords = {k for keywords in ds["keywords"] for k in keywords}
+    assert sum(map(len, ds["bias_words"])) > len(ds)
+    for row in ds:
+        assert all(w in all_keywords and not word_set(w) & word_set(row["text"]) for w in row["bias_words"])
+    assert row_dicts(create_audio_dataset("jsonl", **config)) == row_dicts(ds)
+    assert row_dicts(create_audio_dataset("jsonl", streaming=True, **config)) == row_dicts(ds)
+
+
+def test_keyword_hits_skip_rows_without_keywords_and_need_a_keyword_column(tmp_path):
+    rows = [
+        {"audio_path": sample_audio(r), "text": r["text"]} | ({"keywords": r["keywords"]} if i % 2 else {})
+        for i, r in enumerate(METADATA[:6])
+    ]
+    biasing = {"bias_prob": 1.0, "hit_prob": 1.0, "hit_source": "keywords"}
+    ds = create_audio_dataset("jsonl", jsonl_paths=write_jsonl(tmp_path / "m.jsonl", rows), biasing=biasing)
+    assert [bool(w) for w in ds["bias_words"]] == [False, True] * 3
+    assert all(row["prompt"] == make_prompt(TRANSCRIBE_PROMPT) for row in ds if not row["keywords"])
+
+    bare = write_jsonl(tmp_path / "bare.jsonl", [{k: v for k, v in r.items() if k != "keywords"} for r in rows])
+    with pytest.raises(ValueError, match=r"no row of \[.*bare\.jsonl'\] has keywords.*hit_source='transcript'"):
+        create_audio_dataset("jsonl", jsonl_paths=bare, biasing=biasing)
+    with pytest.raises(ValueError, match=r"ESB \(openasr\) rows have none"):
+        create_audio_dataset("openasr", biasing=biasing)  # rejected before any loading
+
+
 def test_distractors_come_from_other_rows_only():
     ds = create_audio_dataset(
         "jsonl", jsonl_paths=str(SAMPLE_DIR / "metadata.jsonl"), biasing={"bias_prob": 1.0, "hit_prob": 0.0}
@@ -421,6 +480,7 @@ def test_read_tsv_accepts_columns_in_any_order(tmp_path):
         ({"on_error": "ignore"}, "on_error must be one of"),
         ({"num_egs": 0}, "num_egs must be a positive integer"),
         ({"biasing": {"max_num": 0}}, "max_num"),
+        ({"biasing": {"hit_source": "rare"}}, r"hit_source must be one of \['transcript', 'keywords'\], got 'rare'"),
         ({"biasing": 0.5}, "biasing block must be a dict"),
     ],
 )
@@ -445,6 +505,10 @@ def test_shipped_config_builds_from_any_directory(tmp_path, monkeypatch):
     assert ds.column_names == [*COLUMNS, "chosen", "rejected"] and len(ds) > 0 and ds.skipped.total == 0
     assert all(os.path.isfile(a) for a in ds["audio"])
     assert sum(bool(w) for w in ds["bias_words"]) > len(ds) / 2  # bias_prob 0.9
+    for row in ds:  # hit_source "keywords": each listed word is a keyword of the row or a distractor
+        for word in row["bias_words"]:
+            assert word in row["keywords"] or not word_set(word) & word_set(row["text"]), (row["id"], word)
+    assert sum(w in row["keywords"] for row in ds for w in row["bias_words"]) > len(ds)
 
 
 def test_config_file_errors_name_the_file(tmp_path):

@@ -156,6 +156,11 @@ def validate_config(dataset_name: str, **config: Any) -> DatasetConfig:
         raise ValueError(f"sampling_rate must be a positive integer, got {cfg.sampling_rate!r}.")
     if cfg.max_audio_seconds is not None and cfg.max_audio_seconds <= 0:
         raise ValueError(f"max_audio_seconds must be > 0 or None, got {cfg.max_audio_seconds!r}.")
+    if dataset_name == "openasr" and cfg.biasing and cfg.biasing.hit_source == "keywords":
+        raise ValueError(
+            "biasing.hit_source='keywords' lists each row's keywords, and ESB (openasr) rows have none: use "
+            "hit_source='transcript', or a tsv/jsonl manifest with a `keywords` column."
+        )
     paths_key = {"tsv": "tsv_paths", "jsonl": "jsonl_paths"}.get(dataset_name)
     if paths_key and not getattr(cfg, paths_key):
         raise ValueError(f"The {dataset_name!r} source needs `{paths_key}`: one manifest path or a list of them.")
@@ -439,6 +444,12 @@ class _RowBuilder:
         else:  # manifests are small: parse them now, so that a malformed line fails before any training
             reader = read_tsv if dataset_name == "tsv" else read_jsonl
             self.records = [r for p in _paths(cfg.tsv_paths or cfg.jsonl_paths) for r in reader(p)]
+            if cfg.biasing and cfg.biasing.hit_source == "keywords" and not any(r.keywords for r in self.records):
+                raise ValueError(
+                    f"biasing.hit_source='keywords', but no row of {_paths(cfg.tsv_paths or cfg.jsonl_paths)} has "
+                    "keywords, so every prompt would be plain: add a `keywords` column or use "
+                    "hit_source='transcript'."
+                )
 
     def source(self) -> Iterator[Record]:
         return iter(self.records) if self.esb is None else _esb_records(self.cfg, self.esb)
@@ -482,7 +493,7 @@ class _RowBuilder:
             return None
         text, bias_words = record.text, []
         if biaser is not None:  # seeded per row, so a row's prompt does not depend on global random state
-            sample = biaser(text, random.Random(f"{self.cfg.seed}-{index}-biasing"))
+            sample = biaser(text, random.Random(f"{self.cfg.seed}-{index}-biasing"), record.keywords)
             text, bias_words = sample.text, sample.bias_words
         row = {
             "id": record.id,
@@ -551,9 +562,15 @@ def create_audio_dataset(dataset_name: str = "openasr", **config: Any) -> Datase
             Seed of biasing and error simulation, combined with each row's index: the same config gives the same
             dataset.
         biasing (`dict`, *optional*):
-            Contextual-biasing prompts: `bias_prob`, `hit_prob`, `max_piece_len`, `max_num`, `word_file`, `tag` (see
-            `trl_audio.biasing.BiasingConfig`). `{}` uses the defaults; absent or `None` gives every row the plain
-            transcription prompt.
+            Contextual-biasing prompts: `bias_prob`, `hit_prob`, `max_piece_len`, `max_num`, `word_file`, `tag`,
+            `hit_source` (see `trl_audio.biasing.BiasingConfig`). `{}` uses the defaults; absent or `None` gives every
+            row the plain transcription prompt. `hit_source` says where the listed hits come from: `"transcript"`
+            (the default) cuts random words or pieces from the transcript, common ones included; `"keywords"` lists
+            the row's `keywords` (each with probability `hit_prob`, a phrase whole, at most `max_num` entries with the
+            distractors), the words B-WER and the bias-word recall reward score, with distractors from the previous
+            rows' keywords (or `word_file`), never sharing a word with the row's transcript. With `"keywords"`, rows
+            without keywords get the plain prompt, and a source without any keywords (openasr, or manifests lacking
+            the column) is an error.
         simu_preference (`dict`, *optional*):
             Simulated preference pairs: `error_range`, `substitute_prob`, `delete_prob`, `insert_prob` (see
             `trl_audio.error_simulation.ErrorSimulationConfig`); `chosen` is the reference, `rejected` a corrupted

@@ -1,4 +1,4 @@
-"""Contextual-biasing lists: words or short pieces of a row's own transcript mixed with distractors from other rows."""
+"""Contextual-biasing lists: a row's keywords, or words or short pieces of its transcript, mixed with distractors."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from .prompts import TRANSCRIBE_PROMPT, make_instruction
 
 # Pieces of the last rows kept as distractors: enough variety for any list length, bounded memory when streaming.
 DISTRACTOR_POOL_SIZE = 10_000
+HIT_SOURCES = ("transcript", "keywords")
 _LEADING_PUNCT = re.compile(r"^[^\w]+")
 _TRAILING_PUNCT = re.compile(r"[^\w]+$")
 
@@ -103,19 +104,29 @@ class BiasingConfig:
         bias_prob (`float`, *optional*, defaults to `0.9`):
             Probability that a row gets a biasing prompt; other rows get the plain transcription prompt.
         hit_prob (`float`, *optional*, defaults to `0.9`):
-            Probability that each slot of the biasing list holds a piece of the row's own transcript (a hit) rather
-            than a distractor. `1` lists only pieces of the transcript, `0` only distractors.
+            With `hit_source="transcript"`: probability that each slot of the biasing list holds a piece of the row's
+            own transcript (a hit) rather than a distractor; `1` lists only pieces of the transcript, `0` only
+            distractors. With `hit_source="keywords"`: probability that each of the row's keywords is listed.
         max_piece_len (`int`, *optional*, defaults to `1`):
-            Longest piece, in words: the transcript is cut into consecutive pieces of 1 to `max_piece_len` words.
+            Longest piece, in words: the transcript is cut into consecutive pieces of 1 to `max_piece_len` words. Not
+            used with `hit_source="keywords"` (a keyword phrase is listed whole).
         max_num (`int`, *optional*, defaults to `2`):
-            Longest biasing list; each biased row lists between 1 and `max_num` pieces.
+            Longest biasing list; each biased row lists between 1 and `max_num` entries, hits and distractors.
         word_file (`str` or `None`, *optional*, defaults to `None`):
             File of distractor words or phrases, one a line (local or cloud URL). Without it, distractors are pieces
-            of the previous rows' transcripts. Either way a distractor never shares a word with the row's transcript
+            of the previous rows' transcripts (`hit_source="transcript"`) or the previous rows' keywords
+            (`hit_source="keywords"`). Either way a distractor never shares a word with the row's transcript
             (case-insensitive).
         tag (`str`, *optional*, defaults to `""`):
             When set (e.g. `"*"`), each listed piece is wrapped in it (`*Lovelace*`) and so are the hits in `text`, to
             train a model that marks the biasing words it recognised.
+        hit_source (`str`, *optional*, defaults to `"transcript"`):
+            Where the hits come from. `"transcript"`: random words or pieces of the row's transcript (common words
+            such as "the" included). `"keywords"`: the row's `keywords` (its rare words, which B-WER and the
+            bias-word recall reward score), as in the contextual-biasing literature: each is listed with probability
+            `hit_prob` (at most `max_num` of them), and a list of `n ~ U{1..max_num}` entries is filled up with
+            distractors. A row without keywords gets the plain prompt: transcript pieces would bring back the
+            common-word lists this mode avoids, and the reward ignores such rows anyway.
     """
 
     bias_prob: float = 0.9
@@ -124,8 +135,11 @@ class BiasingConfig:
     max_num: int = 2
     word_file: str | None = None
     tag: str = ""
+    hit_source: str = "transcript"
 
     def __post_init__(self):
+        if self.hit_source not in HIT_SOURCES:
+            raise ValueError(f"biasing.hit_source must be one of {list(HIT_SOURCES)}, got {self.hit_source!r}.")
         for name in ("bias_prob", "hit_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"biasing.{name} must lie in [0, 1], got {getattr(self, name)}.")
@@ -169,11 +183,41 @@ def sample_bias_words(
             unique.setdefault(piece.lower(), piece)
     hits = rng.sample(list(unique.values()), min(num_hits, len(unique)))
     misses = distractors.sample(rng, num - num_hits, exclude_words=word_set(text), taken=set(hits))
+    return _bias_sample(text, hits, misses, rng, config.tag)
+
+
+def sample_keyword_bias(
+    text: str, keywords: Sequence[str], rng: random.Random, config: BiasingConfig, distractors: PiecePool
+) -> BiasSample:
+    """Draw the biasing list of one row from its `keywords` (`hit_source="keywords"`).
+
+    A row without keywords gets no list (the plain prompt). Otherwise, with probability `config.bias_prob`: a list
+    length `n ~ U{1..max_num}`; each distinct keyword (case-insensitive, a phrase kept whole) is a hit with
+    probability `hit_prob`, at most `max_num` of them (a random subset when more); the `n` minus hits slots left, if
+    any, hold distractors from `distractors` sharing no word with `text` or the keywords. The list is shuffled. Uses
+    only `rng`.
+    """
+    unique: dict[str, str] = {}
+    for keyword in keywords:
+        if keyword.strip():
+            unique.setdefault(keyword.strip().lower(), keyword.strip())
+    if not unique or rng.random() >= config.bias_prob:
+        return BiasSample(bias_words=[], text=text)
+    num = rng.randint(1, config.max_num)
+    hits = [k for k in unique.values() if rng.random() < config.hit_prob]
+    if len(hits) > config.max_num:
+        hits = rng.sample(hits, config.max_num)
+    exclude = word_set(text) | word_set(" ".join(unique.values()))
+    misses = distractors.sample(rng, max(0, num - len(hits)), exclude_words=exclude, taken=set(hits))
+    return _bias_sample(text, hits, misses, rng, config.tag)
+
+
+def _bias_sample(text: str, hits: list[str], misses: list[str], rng: random.Random, tag: str) -> BiasSample:
     listed = hits + misses
     rng.shuffle(listed)
-    if config.tag:
-        text = tag_text(text, hits, config.tag)
-        listed = [f"{config.tag}{p}{config.tag}" for p in listed]
+    if tag:
+        text = tag_text(text, hits, tag)
+        listed = [f"{tag}{p}{tag}" for p in listed]
     return BiasSample(bias_words=listed, hits=hits, text=text)
 
 
@@ -192,7 +236,8 @@ def tag_text(text: str, pieces: Sequence[str], tag: str) -> str:
 
 
 class Biaser:
-    """Per-dataset biasing state: the config and the distractor pool, fed with each row's pieces after it is drawn."""
+    """Per-dataset biasing state: the config and the distractor pool, fed with each row's pieces (or keywords, with
+    `hit_source="keywords"`) after the row's list is drawn."""
 
     def __init__(self, config: BiasingConfig, word_list: list[str] | None = None):
         """`word_list` is `config.word_file` already read (`read_word_file`), to read it once for many passes."""
@@ -203,7 +248,14 @@ class Biaser:
         else:
             self.pool = PiecePool(word_list if word_list is not None else read_word_file(config.word_file))
 
-    def __call__(self, text: str, rng: random.Random) -> BiasSample:
+    def __call__(self, text: str, rng: random.Random, keywords: Sequence[str] = ()) -> BiasSample:
+        """The biasing list of a row with transcript `text` and ground-truth `keywords` (used by `hit_source`
+        `"keywords"` only)."""
+        if self.config.hit_source == "keywords":
+            sample = sample_keyword_bias(text, keywords, rng, self.config, self.pool)
+            if self.learns:  # after drawing, as for pieces: the pool holds earlier rows only, the same when streaming
+                self.pool.add(k.strip() for k in keywords if k.strip())
+            return sample
         pieces = cut_pieces(text, self.config.max_piece_len, rng)
         sample = sample_bias_words(text, rng, self.config, self.pool, pieces=pieces)
         if self.learns:  # after drawing, so that a row never meets its own pieces as distractors
