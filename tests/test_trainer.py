@@ -523,3 +523,39 @@ def test_with_a_judge_reward_functions_are_logged_but_do_not_rank(tiny_phi4mm_di
     entry = trainer.state.log_history[0]
     assert entry["pairs/tied_fraction"] == 1.0 and entry["loss"] == 0.0
     assert entry["rewards/token_sum_reward/mean"] > 0 and entry["rewards/judge_wins/mean"] == 0.0
+
+
+def test_a_sequence_classification_reward_model_scores_text_without_the_audio(tiny_phi4mm_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    tokenizer = processor.tokenizer
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "tiny-reward-model")
+    reward_model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "tiny-reward-model")
+    seen_texts = []
+    reward_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen_texts.extend(tokenizer.batch_decode(kwargs["input_ids"])), with_kwargs=True
+    )
+    trainer = AudioOnlineDPOTrainer(
+        model=model,
+        reward_funcs=reward_model,
+        reward_processing_classes=tokenizer,
+        args=make_config(tmp_path, max_steps=1),
+        train_dataset=Dataset.from_list([audio_row(i) for i in range(2)]),
+        processing_class=processor,
+    )
+    trainer.train()
+    entry = trainer.state.log_history[0]
+    assert entry["rewards/tiny-reward-model/std"] > 0  # the reward model scored the 4 completions differently
+    assert len(seen_texts) == 4 and all("Transcribe the audio clip." in text for text in seen_texts)
+    assert not any(processor.audio_token in text for text in seen_texts)
