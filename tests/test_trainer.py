@@ -8,6 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
+from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
@@ -526,8 +527,6 @@ def test_with_a_judge_reward_functions_are_logged_but_do_not_rank(tiny_phi4mm_di
 
 
 def test_a_sequence_classification_reward_model_scores_text_without_the_audio(tiny_phi4mm_dir, tmp_path):
-    from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
-
     model, processor = load_tiny(tiny_phi4mm_dir)
     tokenizer = processor.tokenizer
     torch.manual_seed(0)
