@@ -1,8 +1,10 @@
 """AudioOnlineDPOTrainer end to end on the tiny Phi-4-MM and Qwen2-Audio, with the bundled speech."""
 
 import json
+import math
 import statistics
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -558,3 +560,23 @@ def test_a_sequence_classification_reward_model_scores_text_without_the_audio(ti
     assert entry["rewards/tiny-reward-model/std"] > 0  # the reward model scored the 4 completions differently
     assert len(seen_texts) == 4 and all("Transcribe the audio clip." in text for text in seen_texts)
     assert not any(processor.audio_token in text for text in seen_texts)
+
+
+def test_a_batch_of_only_bad_rows_is_skipped_without_spoiling_the_averages(tiny_phi4mm_dir, tmp_path):
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    broken = tmp_path / "broken.flac"
+    broken.write_bytes(b"")
+    rows = [audio_row(1)] + [{**audio_row(i), "audio": str(broken)} for i in (0, 2, 3)]
+    trainer = AudioOnlineDPOTrainer(
+        model=model,
+        reward_funcs=token_sum_reward,
+        args=make_config(tmp_path, max_steps=4, per_device_train_batch_size=1, logging_steps=2),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=processor,
+    )
+    with mock.patch("torch.utils.data.RandomSampler.__iter__", lambda sampler: iter([1, 0, 2, 3])):
+        trainer.train()
+    first, second = [entry for entry in trainer.state.log_history if "loss" in entry]
+    # window 1: a skipped batch and a good one -> the good one's metrics; window 2: only a skipped batch -> NaN
+    assert first["data/skipped"] == 1 and math.isfinite(first["logps/chosen"]) and first["pairs/tied_fraction"] == 0
+    assert second["data/skipped"] == 3 and math.isnan(second["logps/chosen"])

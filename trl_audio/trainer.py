@@ -258,9 +258,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         inputs = dict(inputs)
         self.skipped["bad_audio"] += inputs.pop(SKIPPED_KEY, 0)
         inputs, prompt_inputs = self._prepare_prompt_inputs(inputs) if inputs["prompt"] else (inputs, {})
-        if not prompt_inputs:  # every row of this batch was skipped: nothing to learn from
-            for values in self.stats.values():
-                values.append(float("nan"))
+        if not prompt_inputs:  # every row of this batch was skipped: nothing to learn from, nothing to average
             return torch.zeros((), device=self.accelerator.device)
 
         prompts = inputs["prompt"]
@@ -360,6 +358,12 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         self.accelerator.backward(loss, **backward_kwargs)
         self.stats["perf/samples_per_second"].append(batch_size * n / (time.perf_counter() - start_time))
         return loss.detach() / self.args.gradient_accumulation_steps
+
+    def _maybe_log_save_evaluate(self, *args, **kwargs):
+        # Same as OnlineDPOTrainer._maybe_log_save_evaluate, except that a metric with no value in the logging window
+        # (every batch skipped, or all rewards None) is logged as NaN instead of failing on an empty average.
+        self.stats = {key: [v for v in values if v == v] or [float("nan")] for key, values in self.stats.items()}
+        return super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Same as Trainer.log, except that training logs carry the running counts of skipped rows: bad audio met by the
