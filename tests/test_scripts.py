@@ -163,3 +163,14 @@ def test_demo_runs_end_to_end(tmp_path):
     assert results["brevity"]["eval_after"]["metrics"]["num_rows"] == 10
     assert (tmp_path / "asr" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "brevity" / "model.safetensors").is_file()
+
+
+def test_main_trains_another_audio_llm_family(tiny_qwen2_audio_dir, tmp_path):
+    argv = tiny_run_args(
+        tiny_qwen2_audio_dir, tmp_path, "--speech_lora", "off",
+        "--use_peft", "--lora_target_modules", "q_proj", "v_proj",
+    )  # fmt: skip
+    results = cli.main(*parse(argv))
+    steps = [logs for logs in results["log_history"] if "loss" in logs]
+    assert len(steps) == 2 and all(step["audio/seconds"] > 0 for step in steps)
+    assert (tmp_path / "adapter_model.safetensors").is_file()

@@ -580,3 +580,24 @@ def test_a_batch_of_only_bad_rows_is_skipped_without_spoiling_the_averages(tiny_
     # window 1: a skipped batch and a good one -> the good one's metrics; window 2: only a skipped batch -> NaN
     assert first["data/skipped"] == 1 and math.isfinite(first["logps/chosen"]) and first["pairs/tied_fraction"] == 0
     assert second["data/skipped"] == 3 and math.isnan(second["logps/chosen"])
+
+
+def test_gradient_accumulation_trains_on_every_micro_batch(tiny_phi4mm_dir, tmp_path):
+    seen_ids = []
+
+    def recording_reward(completion_ids, id, **kwargs):
+        seen_ids.extend(id[: len(id) // 2])  # the first of the 2 sample blocks
+        return token_sum_reward(completion_ids)
+
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    before = snapshot(model)
+    trainer = AudioOnlineDPOTrainer(
+        model=model,
+        reward_funcs=recording_reward,
+        args=make_config(tmp_path, max_steps=2, per_device_train_batch_size=1, gradient_accumulation_steps=2),
+        train_dataset=Dataset.from_list([audio_row(i) for i in range(4)]),
+        processing_class=processor,
+    )
+    trainer.train()
+    assert len(logged(trainer, "loss")) == 2 and sorted(seen_ids) == sorted(META[i]["id"] for i in range(4))
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
