@@ -4,23 +4,36 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from transformers import AutoProcessor
 
 from trl_audio.audio_utils import AudioLoadError
 from trl_audio.prompt_inputs import (
     SKIPPED_KEY,
     AudioPromptCollator,
+    normalize_prompt,
     placeholder_token_ids,
     process_prompts,
     processor_sampling_rate,
     render_prompts,
     repeat_batch,
-    with_audio_part,
 )
 
 
 CLIP = str(Path(__file__).resolve().parents[1] / "examples/data/speech_sample/audio/ss_0001.flac")
 AUDIO_PROMPT = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Transcribe."}]}]
+TEXT_MESSAGE = {"role": "user", "content": [{"type": "text", "text": "Say hi."}]}
+# The shape of Qwen/Qwen2-Audio-7B-Instruct's chat template: audio parts are recognised by an `audio` key.
+QWEN2_AUDIO_HUB_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if 'audio' in content or 'audio_url' in content %}{% set audio_count.value = audio_count.value + 1 %}"
+    "Audio {{ audio_count.value }}: <|audio_bos|><|AUDIO|><|audio_eos|>\n"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +51,30 @@ def test_repeat_batch_keeps_trl_block_layout():
     assert out["names"] == ["a", "a", "a"]
 
 
-def test_with_audio_part_only_touches_plain_user_strings():
+def test_normalize_prompt_shapes_parts_for_chat_templates():
     prompt = [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "Transcribe."}]
-    assert with_audio_part(prompt) == [
+    assert normalize_prompt(prompt, has_audio=True) == [
         {"role": "system", "content": "Be exact."},
-        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Transcribe."}]},
+        {"role": "user", "content": [{"type": "audio", "audio": True}, {"type": "text", "text": "Transcribe."}]},
     ]
     assert prompt[1]["content"] == "Transcribe."  # the row itself is left as it was
-    assert with_audio_part(AUDIO_PROMPT) == AUDIO_PROMPT
+    assert normalize_prompt(prompt, has_audio=False) == prompt
+    # the parts Arrow gives back: every key of every part, None where a part had none
+    stored = [{"role": "user", "content": [{"type": "audio", "text": None}, {"type": "text", "text": "Hi"}]}]
+    assert normalize_prompt(stored, has_audio=True)[0]["content"] == [
+        {"type": "audio", "audio": True},
+        {"type": "text", "text": "Hi"},
+    ]
+
+
+def test_qwen2_audio_hub_style_template_sees_the_audio_part(tiny_qwen2_audio_dir):
+    """Qwen2-Audio's hub template tests `'audio' in content` and prints any part holding a `text` key."""
+    processor = AutoProcessor.from_pretrained(tiny_qwen2_audio_dir)
+    processor.chat_template = QWEN2_AUDIO_HUB_TEMPLATE
+    rows = Dataset.from_list([{"prompt": AUDIO_PROMPT, "audio": "x"}, {"prompt": [TEXT_MESSAGE], "audio": None}])
+    (audio_text, text_only) = render_prompts(processor, rows.to_dict())  # through Arrow, as from a dataset
+    assert audio_text.count("<|AUDIO|>") == 1 and "None" not in audio_text and "Transcribe." in audio_text
+    assert "<|AUDIO|>" not in text_only and "Say hi." in text_only
 
 
 def test_collator_decodes_audio_and_counts_bad_rows(processor, tmp_path):
@@ -74,7 +103,7 @@ def test_mixed_batch_is_one_processor_call_with_audio_in_the_right_rows(processo
         ]
     )
     batch.pop(SKIPPED_KEY)
-    _, texts = render_prompts(processor, batch)
+    texts = render_prompts(processor, batch)
     inputs = process_prompts(processor, texts, batch["audio"])
     audio_tokens = (inputs["input_ids"] == processor.audio_token_id).sum(dim=1)
     assert audio_tokens[0] == 0 and audio_tokens[1] == inputs["audio_embed_sizes"][0] > 0

@@ -45,7 +45,7 @@ def transcribe(
     try:
         for start in range(0, len(rows), batch_size):
             batch = collate(rows[start : start + batch_size])
-            _, texts = render_prompts(processor, batch)
+            texts = render_prompts(processor, batch)
             inputs = to_model_inputs(
                 model, process_prompts(processor, texts, batch.get("audio") or [None] * len(texts))
             )

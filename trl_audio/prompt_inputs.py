@@ -78,23 +78,37 @@ class AudioPromptCollator:
         return batch
 
 
-def with_audio_part(prompt: list[dict]) -> list[dict]:
-    """A conversational prompt whose user content is a plain string gets an audio part in front of the text, as
-    TRL does for images; prompts that already carry content parts are returned unchanged."""
+def normalize_prompt(prompt: list[dict], has_audio: bool) -> list[dict]:
+    """A copy of a conversational prompt as chat templates expect it.
+
+    - Content parts lose the None-valued keys that Arrow adds when one column stores parts of different shapes
+      (`{"type": "audio", "text": None}`): templates that test `'text' in content` would print "None".
+    - Audio parts carry an `audio` key, as in transformers' message format: Qwen2-Audio-style templates test
+      `'audio' in content`, not the part's type.
+    - A row with audio whose user content is a plain string gets an audio part in front of the text, as TRL does for
+      images.
+    """
     prompt = copy.deepcopy(prompt)
     for message in prompt:
-        if message["role"] == "user" and isinstance(message["content"], str):
-            message["content"] = [{"type": "audio"}, {"type": "text", "text": message["content"]}]
+        if isinstance(message["content"], str):
+            if has_audio and message["role"] == "user":
+                message["content"] = [{"type": "audio"}, {"type": "text", "text": message["content"]}]
+            else:
+                continue
+        message["content"] = [{k: v for k, v in part.items() if v is not None} for part in message["content"]]
+        for part in message["content"]:
+            if part.get("type") == "audio":
+                part.setdefault("audio", True)
     return prompt
 
 
-def render_prompts(processing_class: Any, batch: dict[str, list]) -> tuple[list, list[str]]:
-    """The batch's prompts (with an audio part where a row has audio) and their texts through the chat template.
+def render_prompts(processing_class: Any, batch: dict[str, list]) -> list[str]:
+    """The batch's prompts through the chat template (conversational ones normalized first: see `normalize_prompt`).
     Raises, naming the row, when a row's audio and its audio placeholders do not pair up one to one (unchecked when
     the processor does not name its placeholder)."""
     audios = batch.get("audio") or [None] * len(batch["prompt"])
     prompts = [
-        with_audio_part(p) if a is not None and is_conversational({"prompt": p}) else p
+        normalize_prompt(p, a is not None) if is_conversational({"prompt": p}) else p
         for p, a in zip(batch["prompt"], audios)
     ]
     texts = [maybe_apply_chat_template({"prompt": p}, processing_class)["prompt"] for p in prompts]
@@ -107,7 +121,7 @@ def render_prompts(processing_class: Any, batch: dict[str, list]) -> tuple[list,
                 f"holds {text.count(audio_token)} audio placeholders: give each audio row exactly one "
                 '{"type": "audio"} part in its user message, and text-only rows none.'
             )
-    return prompts, texts
+    return texts
 
 
 def process_prompts(processing_class: Any, texts: list[str], audios: list | None) -> dict[str, torch.Tensor]:

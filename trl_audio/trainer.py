@@ -129,7 +129,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         """Renders the prompts with the chat template and runs the processor once over the batch (text and audio).
         Rows whose prompt plus `max_new_tokens` cannot fit in `max_length` are dropped (or raise), never truncated.
         Returns the kept rows' columns and the processor's outputs as one dict."""
-        prompts, texts = render_prompts(self.processing_class, inputs)
+        texts = render_prompts(self.processing_class, inputs)
         prompt_inputs = process_prompts(self.processing_class, texts, inputs.get("audio"))
         prompt_lengths = prompt_inputs["attention_mask"].sum(dim=1)
         too_long = (prompt_lengths + self.args.max_new_tokens > self.args.max_length).tolist()
@@ -148,7 +148,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             keep = [i for i, flag in enumerate(too_long) if not flag]
             kept = {key: [values[i] for i in keep] for key, values in inputs.items()}
             return self._prepare_prompt_inputs(kept) if keep else (kept, {})
-        return {**inputs, "prompt": prompts}, prompt_inputs
+        return inputs, prompt_inputs
 
     def _generate(self, model, prompt_inputs):
         # Same as OnlineDPOTrainer._generate, except that it takes the processor's outputs as one dict (audio features
