@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trl_audio.testing import build_tiny_phi4mm, build_tiny_qwen2_audio
+from trl_audio.testing import build_tiny_glm_asr, build_tiny_phi4mm, build_tiny_qwen2_audio
 
 
 # Tiny models gain nothing from a second thread, and two threads in each of `make test`'s two xdist workers
@@ -21,3 +21,9 @@ def tiny_phi4mm_dir(tmp_path_factory):
 def tiny_qwen2_audio_dir(tmp_path_factory):
     """A tiny Qwen2-Audio checkpoint (seed 0)."""
     return build_tiny_qwen2_audio(tmp_path_factory.mktemp("tiny_qwen2_audio"))
+
+
+@pytest.fixture(scope="session")
+def tiny_glm_asr_dir(tmp_path_factory):
+    """A tiny GLM-ASR checkpoint (seed 0)."""
+    return build_tiny_glm_asr(tmp_path_factory.mktemp("tiny_glm_asr"))

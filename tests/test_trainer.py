@@ -1,4 +1,5 @@
-"""AudioOnlineDPOTrainer end to end on the tiny Phi-4-MM and Qwen2-Audio, with the bundled speech."""
+"""AudioOnlineDPOTrainer end to end on three tiny audio-LLM families (Phi-4-MM, Qwen2-Audio, GLM-ASR), with the
+bundled speech."""
 
 import json
 import math
@@ -23,13 +24,18 @@ from trl_audio.testing import load_tiny
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples/data/speech_sample"
 META = [json.loads(line) for line in (SAMPLE / "metadata.jsonl").read_text().splitlines()]
-FAMILIES = ["tiny_phi4mm_dir", "tiny_qwen2_audio_dir"]
+FAMILIES = ["tiny_phi4mm_dir", "tiny_qwen2_audio_dir", "tiny_glm_asr_dir"]
 # Parts that get no gradient from audio prompts (the encoders we freeze, Phi-4-MM's image branch).
 FROZEN = {
     "phi4_multimodal": ("audio_embed.encoder.", "image_embed.", "_for_vision_speech"),
     "qwen2_audio": ("audio_tower.",),
+    "glmasr": ("audio_tower.",),
 }
-LORA_TARGETS = {"phi4_multimodal": ["qkv_proj", "o_proj"], "qwen2_audio": ["q_proj", "v_proj"]}
+LORA_TARGETS = {
+    "phi4_multimodal": ["qkv_proj", "o_proj"],
+    "qwen2_audio": ["q_proj", "v_proj"],
+    "glmasr": ["q_proj", "v_proj"],
+}
 
 
 def audio_row(index, instruction="Transcribe the audio clip."):
@@ -188,7 +194,7 @@ def test_completion_logprobs_match_an_independent_computation(tiny_dir, tmp_path
     model, processor = load_tiny(tiny_dir)
     model.eval()
     # Phi-4-MM's audio encoder lets padding frames leak into a clip's embedding, so its rows share one clip (the
-    # prompts still differ in length, which exercises left padding); Qwen2-Audio pads every clip to 30 s and masks.
+    # prompts still differ in length, which exercises left padding); the others pad every clip to a 30 s window.
     if model.config.model_type == "phi4_multimodal":
         rows = [audio_row(0), audio_row(0, "Write down every word spoken in this recording, please.")]
     else:

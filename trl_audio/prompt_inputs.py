@@ -125,15 +125,43 @@ def render_prompts(processing_class: Any, batch: dict[str, list]) -> list[str]:
 
 
 def process_prompts(processing_class: Any, texts: list[str], audios: list | None) -> dict[str, torch.Tensor]:
-    """One processor call over the rendered prompts and the rows' clips (None for text-only rows, or no list at all
-    for a text-only batch), left-padded, as
-    one dict; without the bookkeeping entries some processors return that the model does not take (Phi-4-MM:
-    num_img_tokens)."""
-    clips = [a for a in audios or [] if a is not None]
-    audio_kwargs = {"audio": clips, "sampling_rate": processor_sampling_rate(processing_class)} if clips else {}
-    inputs = processing_class(
-        text=texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False, **audio_kwargs
-    )
+    """The processor's outputs for the rendered prompts and the rows' clips (None for text-only rows, or no list at
+    all for a text-only batch), as one dict of left-padded rows; without the bookkeeping entries some processors
+    return that the model does not take (Phi-4-MM: num_img_tokens).
+
+    A batch mixing audio and text-only rows is processed in two calls, audio rows and text-only rows, whose per-token
+    entries are then left-padded to one width and put back in row order: some processors (GLM-ASR, Qwen3-ASR) take
+    exactly one clip per text. The audio features need no reordering: their clips follow the audio rows' order.
+    """
+    audio_rows = [i for i, audio in enumerate(audios or []) if audio is not None]
+    if not audio_rows or len(audio_rows) == len(texts):
+        return _call_processor(processing_class, texts, [audios[i] for i in audio_rows])
+    text_rows = sorted(set(range(len(texts))) - set(audio_rows))
+    with_audio = _call_processor(processing_class, [texts[i] for i in audio_rows], [audios[i] for i in audio_rows])
+    text_only = _call_processor(processing_class, [texts[i] for i in text_rows], [])
+    width = max(with_audio["input_ids"].size(1), text_only["input_ids"].size(1))
+    pad_token_id = (
+        processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+    ).pad_token_id
+    merged = dict(with_audio)
+    for key in text_only:  # what a text-only call returns is per token: input_ids, attention_mask, ...
+        pad = pad_token_id if key == "input_ids" else 0
+        rows = with_audio[key].new_full((len(texts), width), pad)
+        rows[audio_rows, width - with_audio[key].size(1) :] = with_audio[key]
+        rows[text_rows, width - text_only[key].size(1) :] = text_only[key]
+        merged[key] = rows
+    return merged
+
+
+def _call_processor(processing_class: Any, texts: list[str], clips: list) -> dict[str, torch.Tensor]:
+    """One processor call, padding the text only: audio features keep the processor's own padding (Whisper-style
+    extractors pad to their 30 s window, and models such as GLM-ASR rely on it)."""
+    text_kwargs = {"padding": True, "padding_side": "left", "add_special_tokens": False}
+    if isinstance(processing_class, ProcessorMixin):
+        audio_kwargs = {"audio": clips, "sampling_rate": processor_sampling_rate(processing_class)} if clips else {}
+        inputs = processing_class(text=texts, text_kwargs=text_kwargs, return_tensors="pt", **audio_kwargs)
+    else:
+        inputs = processing_class(text=texts, return_tensors="pt", **text_kwargs)
     unused = getattr(processing_class, "unused_input_names", None) or []
     return {k: v for k, v in inputs.items() if k not in unused}
 

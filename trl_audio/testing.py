@@ -1,5 +1,6 @@
-"""Tiny Phi-4-multimodal and Qwen2-Audio checkpoints built offline (seeded random weights, a BPE tokenizer trained on
-the bundled transcripts), loadable with the native transformers classes: for the tests, the demo and the benchmarks."""
+"""Tiny Phi-4-multimodal, Qwen2-Audio and GLM-ASR checkpoints built offline (seeded random weights, a BPE tokenizer
+trained on the bundled transcripts), loadable with the native transformers classes: for the tests, the demo and the
+benchmarks."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
+    GlmAsrConfig,
+    GlmAsrEncoderConfig,
+    GlmAsrForConditionalGeneration,
+    GlmAsrProcessor,
     Phi4MultimodalAudioConfig,
     Phi4MultimodalConfig,
     Phi4MultimodalFeatureExtractor,
@@ -77,6 +82,21 @@ QWEN2_AUDIO_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+# GLM-ASR's GLM-4 turn format: a role token and a newline open each turn, nothing closes it (generation stops at the
+# next <|user|>). A {"type": "audio"} part becomes <|pad|>, GlmAsrProcessor's default audio placeholder, between the
+# begin/end-of-audio markers.
+GLM_ASR_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'audio' %}{{ '<|begin_of_audio|><|pad|><|end_of_audio|>\\n' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
 # Shapes of the text decoder / audio encoder / vision encoder. "tiny" is for unit tests, "small" (a few million
 # parameters) for the demo and the benchmarks.
 _PHI4MM_SIZES = {
@@ -135,6 +155,30 @@ _QWEN2_AUDIO_SIZES = {
             "num_key_value_heads": 4,
         },
         "audio": {"d_model": 128, "encoder_ffn_dim": 256, "encoder_layers": 2, "encoder_attention_heads": 4},
+    },
+}
+# The projector reads the encoder's output 4 frames at a time as one vector of the encoder's intermediate_size, so
+# intermediate_size = 4 * hidden_size (as in the hub checkpoint: 5120 = 4 * 1280).
+_GLM_ASR_SIZES = {
+    "tiny": {
+        "text": {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
+        "audio": {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2},
+    },
+    "small": {
+        "text": {
+            "hidden_size": 256,
+            "intermediate_size": 512,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 4,
+        },
+        "audio": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4},
     },
 }
 
@@ -310,9 +354,76 @@ def build_tiny_qwen2_audio(
     return save_dir
 
 
+def build_tiny_glm_asr(
+    save_dir: str | os.PathLike,
+    seed: int = 0,
+    size: str = "tiny",
+    corpus: Sequence[str] | None = None,
+    **overrides,
+) -> Path:
+    """Write a randomly initialised GLM-ASR (zai-org/GLM-ASR-Nano-2512's architecture) checkpoint to `save_dir` and
+    return its path.
+
+    The folder loads with `AutoModelForMultimodalLM` (`GlmAsrForConditionalGeneration`) and `AutoProcessor`
+    (`GlmAsrProcessor`: `WhisperFeatureExtractor`, 128 mel bins at 16 kHz in 30 s windows, and a byte-level BPE
+    tokenizer trained on `corpus`, by default the bundled speech sample's transcripts). A whisper-like encoder with
+    rotary positions and no padding mask feeds, through an MLP that merges 4 frames into one audio token, a Llama
+    decoder whose input and output embeddings are tied.
+
+    `seed` and `size` work as in `build_tiny_phi4mm`. `overrides` update the text decoder's `LlamaConfig` (e.g.
+    `num_hidden_layers=3`); `audio_config={...}` updates the `GlmAsrEncoderConfig`.
+    """
+    sizes = _check_size(size, _GLM_ASR_SIZES)
+    audio_overrides = overrides.pop("audio_config", {})
+    tokenizer = _make_tokenizer(
+        corpus,
+        special_tokens=[
+            "<|endoftext|>",
+            "<|system|>",
+            "<|user|>",
+            "<|assistant|>",
+            "<|observation|>",
+            "<|begin_of_audio|>",
+            "<|end_of_audio|>",
+            "<|pad|>",
+        ],
+        named_tokens={"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+        model_tokens={"audio_token": "<|pad|>"},
+        chat_template=GLM_ASR_CHAT_TEMPLATE,
+        model_max_length=8192,
+    )
+    endoftext_id = tokenizer.eos_token_id
+    # The hub checkpoint stops on <|endoftext|>, <|user|> (the next turn) and <|observation|> (a tool result).
+    stop_ids = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|user|>", "<|observation|>"])
+
+    # A dict, so that GlmAsrConfig fills in the rest of the hub checkpoint's text config (rope, norm eps, positions).
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": None,  # GLM prompts open with a role token; LlamaConfig's default (1) would name <|system|>
+        "eos_token_id": stop_ids,
+        "pad_token_id": endoftext_id,
+        **sizes["text"],
+        **overrides,
+    }
+    audio_config = GlmAsrEncoderConfig(num_mel_bins=128, **(sizes["audio"] | audio_overrides))
+    config = GlmAsrConfig(text_config=text_config, audio_config=audio_config, audio_token_id=tokenizer.audio_token_id)
+    processor = GlmAsrProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=30),
+        tokenizer=tokenizer,
+        chat_template=GLM_ASR_CHAT_TEMPLATE,
+        audio_token=tokenizer.audio_token,
+    )
+    generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=endoftext_id)
+
+    save_dir = Path(save_dir)
+    with _seeded(seed):
+        _save(GlmAsrForConditionalGeneration(config), processor, generation_config, save_dir)
+    return save_dir
+
+
 def load_tiny(save_dir: str | os.PathLike) -> tuple[PreTrainedModel, ProcessorMixin]:
-    """Load a checkpoint written by `build_tiny_phi4mm` or `build_tiny_qwen2_audio` as `(model, processor)`, in
-    float32 and without the speech adapter: `init_model(save_dir, speech_lora="off")`."""
+    """Load a checkpoint written by `build_tiny_phi4mm`, `build_tiny_qwen2_audio` or `build_tiny_glm_asr` as
+    `(model, processor)`, in float32 and without the speech adapter: `init_model(save_dir, speech_lora="off")`."""
     return init_model(str(save_dir), speech_lora="off", dtype="float32")
 
 
