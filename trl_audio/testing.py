@@ -99,15 +99,26 @@ GLM_ASR_CHAT_TEMPLATE = (
 
 # Shapes of the text decoder / audio encoder / vision encoder. "tiny" is for unit tests, "small" (a few million
 # parameters) for the demo and the benchmarks.
+# The text decoder's sizes, the same for every family.
+_TEXT_SIZES = {
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
+    "small": {
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+    },
+}
 _PHI4MM_SIZES = {
     "tiny": {
-        "text": {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-        },
+        "text": _TEXT_SIZES["tiny"],
         "audio": {
             "hidden_size": 32,
             "intermediate_size": 64,
@@ -118,13 +129,7 @@ _PHI4MM_SIZES = {
         "vision": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
     },
     "small": {
-        "text": {
-            "hidden_size": 256,
-            "intermediate_size": 512,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 8,
-            "num_key_value_heads": 4,
-        },
+        "text": _TEXT_SIZES["small"],
         "audio": {
             "hidden_size": 128,
             "intermediate_size": 256,
@@ -137,23 +142,11 @@ _PHI4MM_SIZES = {
 }
 _QWEN2_AUDIO_SIZES = {
     "tiny": {
-        "text": {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-        },
+        "text": _TEXT_SIZES["tiny"],
         "audio": {"d_model": 32, "encoder_ffn_dim": 64, "encoder_layers": 1, "encoder_attention_heads": 2},
     },
     "small": {
-        "text": {
-            "hidden_size": 256,
-            "intermediate_size": 512,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 8,
-            "num_key_value_heads": 4,
-        },
+        "text": _TEXT_SIZES["small"],
         "audio": {"d_model": 128, "encoder_ffn_dim": 256, "encoder_layers": 2, "encoder_attention_heads": 4},
     },
 }
@@ -161,23 +154,11 @@ _QWEN2_AUDIO_SIZES = {
 # intermediate_size = 4 * hidden_size (as in the hub checkpoint: 5120 = 4 * 1280).
 _GLM_ASR_SIZES = {
     "tiny": {
-        "text": {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-        },
+        "text": _TEXT_SIZES["tiny"],
         "audio": {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2},
     },
     "small": {
-        "text": {
-            "hidden_size": 256,
-            "intermediate_size": 512,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 8,
-            "num_key_value_heads": 4,
-        },
+        "text": _TEXT_SIZES["small"],
         "audio": {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4},
     },
 }
