@@ -322,6 +322,8 @@ def test_reward_functions_get_every_column_repeated_per_sample(tiny_phi4mm_dir, 
     assert seen["id"] == order * 3
     assert seen["text"] == [by_id[i]["text"] for i in order] * 3
     assert seen["keywords"] == [by_id[i]["keywords"] for i in order] * 3
+    stored = {row["id"]: row["prompt"] for row in trainer.train_dataset}  # as the dataset holds it, untouched
+    assert seen["prompts"] == [stored[i] for i in order] * 3
     assert len(seen["completions"]) == 6 and seen["completions"][0][0]["role"] == "assistant"
 
 
