@@ -14,15 +14,11 @@ import soundfile as sf
 import soxr
 from datasets import Audio, Dataset, DatasetDict, Features, IterableDataset, Value
 
-from trl_audio.audio_dataset import (
-    BadRowError,
-    ManifestError,
-    create_audio_dataset,
-    load_dataset_config,
-    read_tsv,
-)
-from trl_audio.biasing import word_set
+from trl_audio.audio_dataset import BadRowError, create_audio_dataset, load_dataset_config
+from trl_audio.manifests import ManifestError, read_tsv
 from trl_audio.prompts import TRANSCRIBE_PROMPT, make_instruction, make_prompt
+from trl_audio.skips import SkipCounter
+from trl_audio.text import word_set
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +73,8 @@ def row_dicts(ds):
 
 def test_tsv_rows_have_the_documented_columns_and_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative manifest path; audio must still resolve against the manifest's folder
-    ds = create_audio_dataset("tsv", tsv_paths=os.path.relpath(SAMPLE_DIR / "train.tsv", tmp_path))
+    skips = SkipCounter()
+    ds = create_audio_dataset("tsv", tsv_paths=os.path.relpath(SAMPLE_DIR / "train.tsv", tmp_path), skip_counter=skips)
     assert isinstance(ds, Dataset) and ds.column_names == COLUMNS
     lines = (SAMPLE_DIR / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]
     assert len(ds) == len(lines)
@@ -87,7 +84,7 @@ def test_tsv_rows_have_the_documented_columns_and_absolute_paths(tmp_path, monke
     assert row["audio"] == str(SAMPLE_DIR / first[1]) and os.path.isabs(row["audio"])
     assert all(os.path.isfile(a) for a in ds["audio"])
     assert row["prompt"] == make_prompt(TRANSCRIBE_PROMPT) and row["bias_words"] == []
-    assert ds.skipped.total == 0
+    assert skips.total == 0
 
 
 def test_several_tsv_files_are_concatenated():
@@ -331,14 +328,14 @@ def bad_rows_manifest(tmp_path):
     sf.write(tmp_path / "long.wav", np.zeros(16_000 * 11, dtype=np.float32), 16_000)
     good = [{"id": r["id"], "audio_path": sample_audio(r), "text": r["text"]} for r in METADATA[:4]]
     bad = {
-        "missing_file": {"id": "bad_missing", "audio_path": "gone.flac", "text": "a b c"},
-        "unreadable_audio": {"id": "bad_notes", "audio_path": "notes.wav", "text": "a b c"},
-        "empty_audio": {"id": "bad_empty", "audio_path": "empty.wav", "text": "a b c"},
-        "too_long": {"id": "bad_long", "audio_path": "long.wav", "text": "a b c"},
+        "audio_missing": {"id": "bad_missing", "audio_path": "gone.flac", "text": "a b c"},
+        "audio_unreadable": {"id": "bad_notes", "audio_path": "notes.wav", "text": "a b c"},
+        "audio_empty": {"id": "bad_empty", "audio_path": "empty.wav", "text": "a b c"},
+        "audio_too_long": {"id": "bad_long", "audio_path": "long.wav", "text": "a b c"},
         "empty_text": {"id": "bad_text", "audio_path": good[0]["audio_path"], "text": "   "},
     }
-    rows = [good[0], bad["missing_file"], bad["unreadable_audio"], good[1], bad["empty_audio"], good[2]]
-    rows += [bad["too_long"], bad["empty_text"], good[3]]
+    rows = [good[0], bad["audio_missing"], bad["audio_unreadable"], good[1], bad["audio_empty"], good[2]]
+    rows += [bad["audio_too_long"], bad["empty_text"], good[3]]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
     return path, {reason: row["id"] for reason, row in bad.items()}, [g["id"] for g in good]
 
@@ -346,12 +343,13 @@ def bad_rows_manifest(tmp_path):
 @pytest.mark.parametrize("load_audio", [False, True], ids=["paths", "decoded"])
 def test_bad_rows_are_skipped_and_counted(tmp_path, caplog, load_audio):
     path, bad, good = bad_rows_manifest(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="trl_audio.audio_dataset"):
+    skips = SkipCounter()
+    with caplog.at_level(logging.WARNING, logger="trl_audio.skips"):
         ds = create_audio_dataset(
-            "jsonl", jsonl_paths=path, on_error="skip", max_audio_seconds=10, load_audio=load_audio
+            "jsonl", jsonl_paths=path, on_error="skip", max_audio_seconds=10, load_audio=load_audio, skip_counter=skips
         )
     assert list(ds["id"]) == good
-    assert ds.skipped.as_dict() == {"total": 5, **{reason: 1 for reason in bad}}
+    assert skips.as_dict() == {"total": 5, **{reason: 1 for reason in bad}}
     skip_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipped row")]
     assert len(skip_lines) == 5
     for reason, row_id in bad.items():
@@ -360,7 +358,9 @@ def test_bad_rows_are_skipped_and_counted(tmp_path, caplog, load_audio):
     assert "gone.flac" in next(m for m in skip_lines if "bad_missing" in m)
 
 
-@pytest.mark.parametrize("reason", ["missing_file", "unreadable_audio", "empty_audio", "too_long", "empty_text"])
+@pytest.mark.parametrize(
+    "reason", ["audio_missing", "audio_unreadable", "audio_empty", "audio_too_long", "empty_text"]
+)
 def test_bad_rows_raise_naming_row_line_and_file(tmp_path, reason):
     path, bad, _ = bad_rows_manifest(tmp_path)
     rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
@@ -375,21 +375,26 @@ def test_bad_rows_raise_naming_row_line_and_file(tmp_path, reason):
 
 def test_max_audio_seconds_uses_the_real_duration():
     durations = {r["id"]: sf.info(sample_audio(r)).duration for r in METADATA}
+    skips = SkipCounter()
     ds = create_audio_dataset(
-        "jsonl", jsonl_paths=str(SAMPLE_DIR / "metadata.jsonl"), max_audio_seconds=4.0, on_error="skip"
-    )
+        "jsonl", jsonl_paths=str(SAMPLE_DIR / "metadata.jsonl"), max_audio_seconds=4.0, on_error="skip",
+        skip_counter=skips,
+    )  # fmt: skip
     assert list(ds["id"]) == [i for i, d in durations.items() if d <= 4.0]
-    assert ds.skipped.as_dict() == {
+    assert skips.as_dict() == {
         "total": sum(d > 4.0 for d in durations.values()),
-        "too_long": len(METADATA) - len(ds),
+        "audio_too_long": len(METADATA) - len(ds),
     }
     assert 0 < len(ds) < len(METADATA)
 
 
 def test_num_egs_counts_kept_rows(tmp_path):
     path, _, good = bad_rows_manifest(tmp_path)
-    ds = create_audio_dataset("jsonl", jsonl_paths=path, on_error="skip", num_egs=3, max_audio_seconds=10)
-    assert list(ds["id"]) == good[:3] and ds.skipped.total == 3  # the bad rows before the third good one
+    skips = SkipCounter()
+    ds = create_audio_dataset(
+        "jsonl", jsonl_paths=path, on_error="skip", num_egs=3, max_audio_seconds=10, skip_counter=skips
+    )
+    assert list(ds["id"]) == good[:3] and skips.total == 3  # the bad rows before the third good one
 
 
 def test_check_audio_false_leaves_files_unopened(tmp_path):
@@ -400,7 +405,7 @@ def test_check_audio_false_leaves_files_unopened(tmp_path):
 
 def test_no_rows_left_is_an_error(tmp_path):
     path = write_jsonl(tmp_path / "m.jsonl", [{"audio_path": "gone.flac", "text": "a b"}])
-    with pytest.raises(ValueError, match=r"no rows left.*missing_file"):
+    with pytest.raises(ValueError, match=r"no rows left.*audio_missing"):
         create_audio_dataset("jsonl", jsonl_paths=path, on_error="skip")
 
 
@@ -412,61 +417,18 @@ def test_streaming_gives_the_same_rows(tmp_path, esb_copies, source):
     else:
         config = {"data_dir": str(esb_copies[0] / "hub"), "num_egs": 4}
     config |= {"biasing": {"max_num": 3, "max_piece_len": 2}, "simu_preference": {"error_range": 0.2}}
-    eager = create_audio_dataset(source, **config)
-    lazy = create_audio_dataset(source, streaming=True, **config)
-    assert isinstance(lazy, IterableDataset) and lazy.skipped.total == 0  # nothing consumed yet
+    eager_skips, lazy_skips = SkipCounter(), SkipCounter()
+    eager = create_audio_dataset(source, skip_counter=eager_skips, **config)
+    lazy = create_audio_dataset(source, streaming=True, skip_counter=lazy_skips, **config)
+    assert isinstance(lazy, IterableDataset) and lazy_skips.total == 0  # nothing consumed yet
     assert list(lazy.features) == eager.column_names
     assert row_dicts(lazy) == row_dicts(eager)
-    assert lazy.skipped.as_dict() == eager.skipped.as_dict()
+    assert lazy_skips.as_dict() == eager_skips.as_dict()
     assert row_dicts(lazy) == row_dicts(eager)  # a second pass (epoch) gives the same rows again
-    assert lazy.skipped.total == 2 * eager.skipped.total
+    assert lazy_skips.total == 2 * eager_skips.total
 
 
-# ---------------------------------------------------------------- manifests and configs that cannot be used
-
-
-@pytest.mark.parametrize(
-    "name, content, match",
-    [
-        ("short.tsv", "id\taudio_path\ttext\nx\ta.flac\thi\ny\tb.flac\n", r"short\.tsv, line 3: expected 3"),
-        ("header.tsv", "id\taudio\ttext\nx\ta.flac\thi\n", r"header\.tsv, line 1: bad header"),
-        ("legacy.tsv", "x\t['a.flac']\t[{'messages': [oops]}]\n", r"legacy\.tsv, line 1: unreadable legacy row"),
-        ("legacy2.tsv", "x\ta.flac\n", r"legacy2\.tsv, line 1: found 2 tab-separated fields"),
-        ("empty.tsv", "\n\n", r"empty\.tsv holds no rows"),
-        (
-            "latin1.tsv",
-            "id\taudio_path\ttext\nx\ta.flac\tcaf\xe9\n".encode("latin-1"),
-            r"latin1\.tsv, line 2: not valid",
-        ),
-        (
-            "bad.jsonl",
-            '{"audio_path": "a.flac", "text": "hi"}\n{"audio_path": "b.flac", \n',
-            r"bad\.jsonl, line 2: invalid",
-        ),
-        ("list.jsonl", '["a.flac", "hi"]\n', r"list\.jsonl, line 1: expected a JSON object"),
-        ("notext.jsonl", '\n{"audio_path": "a.flac"}\n', r"notext\.jsonl, line 2: needs `text`"),
-        ("noaudio.jsonl", '{"text": "hi"}\n', r"noaudio\.jsonl, line 1: needs `audio_path`"),
-        ("kw.jsonl", '{"audio": "a.flac", "text": "hi", "keywords": 3}\n', r"kw\.jsonl, line 1: `keywords` must"),
-    ],
-)
-def test_malformed_manifests_name_file_and_line(tmp_path, name, content, match):
-    path = tmp_path / name
-    path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    source = "tsv" if name.endswith(".tsv") else "jsonl"
-    with pytest.raises(ValueError, match=match):
-        create_audio_dataset(source, **{f"{source}_paths": str(path), "on_error": "skip"})
-
-
-def test_read_tsv_accepts_columns_in_any_order(tmp_path):
-    path = tmp_path / "m.tsv"
-    path.write_text("text\taudio_path\tprompt\nhello\ta.flac\tSay it.\n", encoding="utf-8")
-    (record,) = read_tsv(str(path))
-    assert (record.id, record.audio, record.text, record.instruction) == (
-        "a",
-        str(tmp_path / "a.flac"),
-        "hello",
-        "Say it.",
-    )
+# ---------------------------------------------------------------- configs that cannot be used
 
 
 @pytest.mark.parametrize(
@@ -500,9 +462,9 @@ def test_unknown_source_and_missing_manifest():
 
 def test_shipped_config_builds_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = load_dataset_config(CONFIG_PATH)
-    ds = create_audio_dataset(**config)
-    assert ds.column_names == [*COLUMNS, "chosen", "rejected"] and len(ds) > 0 and ds.skipped.total == 0
+    config, skips = load_dataset_config(CONFIG_PATH), SkipCounter()
+    ds = create_audio_dataset(**config, skip_counter=skips)
+    assert ds.column_names == [*COLUMNS, "chosen", "rejected"] and len(ds) > 0 and skips.total == 0
     assert all(os.path.isfile(a) for a in ds["audio"])
     assert sum(bool(w) for w in ds["bias_words"]) > len(ds) / 2  # bias_prob 0.9
     for row in ds:  # hit_source "keywords": each listed word is a keyword of the row or a distractor

@@ -1,19 +1,15 @@
 """Audio I/O of `trl_audio.audio_utils`: decoding, resampling, down-mixing, and errors that name the bad file."""
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-import torch
-from peft import PeftModel
-from safetensors.torch import load_file, save_file
 
 from trl_audio import audio_utils
-from trl_audio.audio_utils import AudioLoadError, audio_info, init_model, load_audio, read_text_lines
+from trl_audio.audio_utils import AudioLoadError, audio_info, load_audio, read_text_lines, resolve_path
 
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples/data/speech_sample"
@@ -98,16 +94,16 @@ def test_bad_files_raise_errors_naming_them(tmp_path, check):
         return check(str(path), 16_000, **kwargs) if check is load_audio else check(str(path), **kwargs)
 
     for path, reason, words in [
-        (missing, "missing_file", "not found"),
-        (not_audio, "unreadable_audio", "Could not decode"),
-        (empty, "empty_audio", "zero-length"),
+        (missing, "audio_missing", "not found"),
+        (not_audio, "audio_unreadable", "Could not decode"),
+        (empty, "audio_empty", "zero-length"),
     ]:
         with pytest.raises(AudioLoadError, match=words) as info:
             call(path)
         assert str(path) in str(info.value) and info.value.reason == reason
     with pytest.raises(AudioLoadError, match=r"lasts 3.0 s, over the limit of 2.5 s") as info:
         call(long, max_seconds=2.5)
-    assert str(long) in str(info.value) and info.value.reason == "too_long"
+    assert str(long) in str(info.value) and info.value.reason == "audio_too_long"
     call(long, max_seconds=3.0)  # at the limit is kept
 
 
@@ -125,58 +121,14 @@ def test_read_text_lines_names_the_line_that_is_not_utf8(tmp_path):
     assert read_text_lines(str(path)) == [(1, "a"), (2, "b"), (3, "")]
 
 
-def speech_inputs(processor):
-    clip, _ = sf.read(CLIP, dtype="float32")
-    messages = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Transcribe."}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return processor(text=[text], audio=[clip], return_tensors="pt")
+def test_resolve_path_keeps_urls_and_absolute_paths_and_anchors_relative_ones(tmp_path):
+    assert resolve_path("s3://b/x.flac", str(tmp_path)) == "s3://b/x.flac"
+    assert resolve_path("/abs/x.flac", str(tmp_path)) == "/abs/x.flac"
+    assert resolve_path("clips/../x.flac", str(tmp_path)) == str(tmp_path / "x.flac")
+    assert resolve_path("clips/x.flac", "gs://bucket/sets") == "gs://bucket/sets/clips/x.flac"
 
 
-def logits(model, inputs):
-    with torch.no_grad():
-        return model.eval()(**inputs).logits
+def test_init_model_stays_importable_from_audio_utils():
+    from trl_audio import modeling
 
-
-def test_init_model_merged_speech_lora_matches_the_active_adapter(tiny_phi4mm_dir):
-    merged, processor = init_model(str(tiny_phi4mm_dir), speech_lora="merge", dtype="float32")
-    active, _ = init_model(str(tiny_phi4mm_dir), speech_lora="train", dtype="float32")
-    off, _ = init_model(str(tiny_phi4mm_dir), speech_lora="off", dtype="float32")
-    assert isinstance(active, PeftModel) and not isinstance(merged, PeftModel)
-    assert all(p.requires_grad for p in merged.parameters())  # as any freshly loaded model, ready for full tuning
-    assert all(p.requires_grad for n, p in active.named_parameters() if ".speech." in n)
-    inputs = speech_inputs(processor)
-    torch.testing.assert_close(logits(merged, inputs), logits(active, inputs), atol=1e-5, rtol=1e-5)
-    assert (logits(off, inputs) - logits(merged, inputs)).abs().max() > 1e-3
-
-
-def test_init_model_reads_the_hub_adapter_layout_without_peft_prefix(tiny_phi4mm_dir, tmp_path):
-    """transformers' Phi-4-MM conversion script saves adapter keys without PEFT's `base_model.model.` prefix."""
-    hub_copy = tmp_path / "hub_layout"
-    shutil.copytree(tiny_phi4mm_dir, hub_copy)
-    adapter_file = hub_copy / "speech-lora/adapter_model.safetensors"
-    weights = load_file(adapter_file)
-    assert all(key.startswith("base_model.model.") for key in weights)
-    save_file({key.removeprefix("base_model.model."): value for key, value in weights.items()}, adapter_file)
-
-    merged, processor = init_model(str(tiny_phi4mm_dir), speech_lora="merge", dtype="float32")
-    from_hub_layout, _ = init_model(str(hub_copy), speech_lora="merge", dtype="float32")
-    inputs = speech_inputs(processor)
-    torch.testing.assert_close(logits(from_hub_layout, inputs), logits(merged, inputs), atol=1e-6, rtol=1e-6)
-
-
-def test_init_model_rejects_an_adapter_that_does_not_fit(tiny_phi4mm_dir, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_phi4mm_dir, broken)
-    adapter_file = broken / "speech-lora/adapter_model.safetensors"
-    weights = load_file(adapter_file)
-    save_file({key.replace("layers.", "blocks."): value for key, value in weights.items()}, adapter_file)
-    with pytest.raises(ValueError, match=r"speech adapter in .*broken/speech-lora does not fit"):
-        init_model(str(broken), speech_lora="merge")
-    with pytest.raises(ValueError, match="speech_lora must be one of"):
-        init_model(str(broken), speech_lora="keep")
-
-
-def test_init_model_loads_other_audio_llms_through_the_auto_classes(tiny_qwen2_audio_dir):
-    model, processor = init_model(str(tiny_qwen2_audio_dir), speech_lora="off", dtype="float32")
-    assert type(model).__name__ == "Qwen2AudioForConditionalGeneration"
-    assert model.dtype == torch.float32 and processor.chat_template
+    assert audio_utils.init_model is modeling.init_model

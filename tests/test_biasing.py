@@ -9,16 +9,14 @@ from trl_audio.biasing import (
     HIT_SOURCES,
     Biaser,
     BiasingConfig,
-    PiecePool,
-    normalize_word,
     read_word_file,
     sample_bias_words,
     sample_keyword_bias,
     split_spans,
     tag_text,
-    word_set,
 )
-from trl_audio.prompts import TRANSCRIBE_PROMPT, make_instruction, make_prompt
+from trl_audio.prompts import TRANSCRIBE_PROMPT
+from trl_audio.text import PiecePool, word_set
 
 
 TEXT = "Ada Lovelace wrote notes on the Analytical Engine, long before modern computers existed."
@@ -42,27 +40,6 @@ KEYWORD_ROWS = [
 
 def occurs_in(piece, text):
     return re.search(rf"(?<!\w){re.escape(piece)}(?!\w)", text, re.IGNORECASE) is not None
-
-
-def test_prompt_texts():
-    assert make_instruction(["Lovelace", "Babbage"]) == (
-        "Transcribe the audio clip into text. Pay attention to these words: Lovelace, Babbage."
-    )
-    assert make_instruction([]) == TRANSCRIBE_PROMPT
-    assert make_instruction(["moth"], "Write down what is said.") == (
-        "Write down what is said. Pay attention to these words: moth."
-    )
-    assert make_prompt("Hi.") == [
-        {"role": "user", "content": [{"type": "audio", "text": None}, {"type": "text", "text": "Hi."}]}
-    ]
-
-
-def test_word_normalization():
-    assert normalize_word("Babbage,") == "babbage"
-    assert normalize_word('"Engine."') == "engine"
-    assert normalize_word("don't") == "don't"
-    assert normalize_word("--") == ""
-    assert word_set("The moth, the MOTH -- gone.") == {"the", "moth", "gone"}
 
 
 @pytest.mark.parametrize("max_len", [1, 3])
@@ -256,13 +233,6 @@ def test_word_file_supplies_the_distractors(tmp_path):
     (tmp_path / "blank.txt").write_text("\n\n", encoding="utf-8")
     with pytest.raises(ValueError, match="holds no words"):
         read_word_file(str(tmp_path / "blank.txt"))
-
-
-def test_piece_pool_keeps_the_latest_pieces():
-    pool = PiecePool(capacity=3)
-    pool.add(["a", "b", "c", "d", "e"])
-    assert sorted(pool.items) == ["c", "d", "e"]
-    assert pool.sample(random.Random(0), 5, exclude_words={"d"}, taken={"C"}) == ["e"]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trl_audio.biasing import word_set
 from trl_audio.error_simulation import (
     COMMON_WORDS,
     ErrorSimulationConfig,
@@ -17,6 +16,7 @@ from trl_audio.error_simulation import (
     num_errors_for,
     simulate_rejected,
 )
+from trl_audio.text import word_set
 
 
 VOCAB = [f"w{i}" for i in range(300)]

@@ -8,9 +8,9 @@ import pytest
 
 from trl_audio.audio_dataset import create_audio_dataset
 from trl_audio.audio_utils import AudioLoadError
-from trl_audio.evaluation import bias_word_set, evaluate_transcripts, transcribe
-from trl_audio.rewards import normalize_text
+from trl_audio.evaluation import evaluate_transcripts, transcribe
 from trl_audio.testing import build_tiny_phi4mm, load_tiny
+from trl_audio.text import bias_word_set, normalize_transcript
 
 
 TEST_TSV = Path(__file__).resolve().parents[1] / "examples/data/speech_sample/test.tsv"
@@ -40,7 +40,7 @@ def test_rates_and_counts_on_hand_worked_rows():
 
 def test_wer_equals_jiwer_over_the_whole_corpus():
     result = evaluate_transcripts(HYPOTHESES, REFERENCES, KEYWORDS)
-    expected = jiwer.wer([normalize_text(r) for r in REFERENCES], [normalize_text(h) for h in HYPOTHESES])
+    expected = jiwer.wer([normalize_transcript(r) for r in REFERENCES], [normalize_transcript(h) for h in HYPOTHESES])
     assert result["wer"] == pytest.approx(expected)
 
 

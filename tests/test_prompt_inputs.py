@@ -87,7 +87,7 @@ def test_collator_decodes_audio_and_counts_bad_rows(processor, tmp_path):
             {"id": "c", "prompt": "text only", "audio": None},
         ]
     )
-    assert batch["id"] == ["a", "c"] and batch[SKIPPED_KEY] == 1
+    assert batch["id"] == ["a", "c"] and batch[SKIPPED_KEY] == {"audio_missing": 1}
     assert batch["audio"][0].dtype.name == "float32" and batch["audio"][0].ndim == 1 and batch["audio"][1] is None
     with pytest.raises(AudioLoadError, match=r"row id='b'.*missing\.flac"):
         AudioPromptCollator(16000, on_error="raise")([{"id": "b", "prompt": AUDIO_PROMPT, "audio": missing}])

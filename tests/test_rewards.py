@@ -1,8 +1,5 @@
-import math
-
 import pytest
 
-from trl_audio.judges import RewardFunctionJudge
 from trl_audio.rewards import (
     bias_word_recall_reward,
     completion_text,
@@ -41,12 +38,3 @@ def test_bias_word_recall_reward_gives_none_without_keywords():
 def test_word_count_reward_and_completion_text():
     assert word_count_reward(["one two three", ""]) == [-3.0, -0.0]
     assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "hi"}]}]) == "hi"
-
-
-def test_reward_function_judge_prefers_higher_reward_and_abstains_on_ties():
-    judge = RewardFunctionJudge(wer_reward)
-    preferences = judge(
-        ["p1", "p2", "p3"], ["ada lovelace", "x", "same"], ["ada", "ada lovelace", "same"], text=["Ada Lovelace"] * 3
-    )
-    assert preferences == [0, 1, None]
-    assert not math.isnan(wer_reward(["a"], text=["a"])[0])

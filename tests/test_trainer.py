@@ -1,5 +1,5 @@
 """AudioOnlineDPOTrainer end to end on three tiny audio-LLM families (Phi-4-MM, Qwen2-Audio, GLM-ASR), with the
-bundled speech."""
+bundled speech; and its pair selection and DPO loss on hand-picked numbers (no model)."""
 
 import json
 import math
@@ -19,7 +19,9 @@ from trl_audio.audio_dataset import create_audio_dataset
 from trl_audio.audio_utils import AudioLoadError
 from trl_audio.judges import RewardFunctionJudge
 from trl_audio.prompt_inputs import SKIPPED_KEY, to_model_inputs
+from trl_audio.skips import SkipCounter
 from trl_audio.testing import load_tiny
+from trl_audio.trainer import dpo_losses, mean_over_preferred, select_pairs
 
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples/data/speech_sample"
@@ -46,6 +48,10 @@ def audio_row(index, instruction="Transcribe the audio clip."):
         "audio": str(SAMPLE / META[index]["audio_path"]),
         "text": META[index]["text"],
     }
+
+
+def audio_rows(count):
+    return [audio_row(i) for i in range(count)]
 
 
 def text_row(index):
@@ -88,6 +94,21 @@ def token_sum_reward(completion_ids, **kwargs):
     return [float(sum(ids)) for ids in completion_ids]
 
 
+def make_trainer(tmp_path, model, processor, rows, reward_funcs=token_sum_reward, **kwargs):
+    """A trainer of `model` on `rows` (a list of rows, or a dataset) with the test defaults (`make_config`).
+    Keyword arguments that `AudioOnlineDPOTrainer` takes go to it; the others override the config."""
+    trainer_keys = {"ref_model", "judge", "peft_config", "reward_processing_classes", "skip_counter"}
+    trainer_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in trainer_keys}
+    return AudioOnlineDPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=make_config(tmp_path, **kwargs),
+        train_dataset=Dataset.from_list(rows) if isinstance(rows, list) else rows,
+        processing_class=processor,
+        **trainer_kwargs,
+    )
+
+
 def freeze_encoders(model):
     for name, parameter in model.named_parameters():
         if any(part in name for part in FROZEN[model.config.model_type]):
@@ -112,14 +133,7 @@ def test_three_steps_update_every_trainable_parameter_and_nothing_else(tiny_dir,
     ref_model, _ = load_tiny(tiny_dir)
     freeze_encoders(model)
     before, ref_before = snapshot(model), snapshot(ref_model)
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        ref_model=ref_model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path),
-        train_dataset=Dataset.from_list([audio_row(i) for i in range(6)]),
-        processing_class=processor,
-    )
+    trainer = make_trainer(tmp_path, model, processor, audio_rows(6), ref_model=ref_model)
     trainer.train()
 
     losses = logged(trainer, "loss")
@@ -135,13 +149,7 @@ def test_three_steps_update_every_trainable_parameter_and_nothing_else(tiny_dir,
 
 def test_metrics_are_logged(tiny_phi4mm_dir, tmp_path):
     model, processor = load_tiny(tiny_phi4mm_dir)
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path, max_steps=1, num_generations=3),
-        train_dataset=Dataset.from_list([audio_row(i) for i in range(2)]),
-        processing_class=processor,
-    )
+    trainer = make_trainer(tmp_path, model, processor, audio_rows(2), max_steps=1, num_generations=3)
     trainer.train()
     entry = trainer.state.log_history[0]
     for key in ("loss", "objective/kl", "rewards/margins", "logps/chosen", "objective/scores_margin"):
@@ -151,7 +159,7 @@ def test_metrics_are_logged(tiny_phi4mm_dir, tmp_path):
     assert entry["rewards/token_sum_reward/std"] > 0
     assert 0 < entry["completions/mean_length"] <= 8
     assert entry["perf/samples_per_second"] > 0
-    assert entry["data/skipped"] == 0 and entry["data/skipped_too_long"] == 0
+    assert entry["data/skipped/total"] == 0 and entry["data/skipped/prompt_too_long"] == 0
 
 
 def collate(trainer, rows):
@@ -174,13 +182,7 @@ def forward_logprobs(trainer, rows, completion_ids, completion_mask):
 def test_audio_reaches_the_model(tiny_dir, tmp_path):
     model, processor = load_tiny(tiny_dir)
     model.eval()
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path),
-        train_dataset=Dataset.from_list([audio_row(0)]),
-        processing_class=processor,
-    )
+    trainer = make_trainer(tmp_path, model, processor, [audio_row(0)])
     completion_ids = torch.tensor([processor.tokenizer("Ada Lovelace").input_ids])
     completion_mask = torch.ones_like(completion_ids)
     clip_a = forward_logprobs(trainer, [audio_row(0)], completion_ids, completion_mask)
@@ -199,13 +201,7 @@ def test_completion_logprobs_match_an_independent_computation(tiny_dir, tmp_path
         rows = [audio_row(0), audio_row(0, "Write down every word spoken in this recording, please.")]
     else:
         rows = [audio_row(0), audio_row(3, "Write down every word spoken in this recording, please.")]
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path, num_generations=2),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=processor,
-    )
+    trainer = make_trainer(tmp_path, model, processor, rows, num_generations=2)
     batch = collate(trainer, rows)
     kept, prompt_inputs = trainer._prepare_prompt_inputs(batch)
     torch.manual_seed(0)
@@ -257,13 +253,8 @@ def test_text_only_prompts_give_stock_trl_losses(tiny_phi4mm_dir, tmp_path):
 def test_peft_lora_with_gradient_checkpointing_trains_and_reloads(tiny_dir, tmp_path):
     model, processor = load_tiny(tiny_dir)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS[model.config.model_type])
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path, max_steps=2, gradient_checkpointing=True),
-        train_dataset=Dataset.from_list([audio_row(i) for i in range(4)]),
-        processing_class=processor,
-        peft_config=lora,
+    trainer = make_trainer(
+        tmp_path, model, processor, audio_rows(4), peft_config=lora, max_steps=2, gradient_checkpointing=True
     )
     lora_before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
@@ -287,13 +278,7 @@ def test_peft_lora_with_gradient_checkpointing_trains_and_reloads(tiny_dir, tmp_
 def test_mixed_audio_and_text_only_rows_train_together(tiny_dir, tmp_path):
     model, processor = load_tiny(tiny_dir)
     rows = [audio_row(0), text_row(1), text_row(2), audio_row(3)]
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path, max_steps=2, per_device_train_batch_size=4),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=processor,
-    )
+    trainer = make_trainer(tmp_path, model, processor, rows, max_steps=2, per_device_train_batch_size=4)
     trainer.train()
     assert len(logged(trainer, "loss")) == 2
     durations = sum(len(trainer.data_collator([r])["audio"][0]) for r in (rows[0], rows[3])) / 16000
@@ -309,12 +294,8 @@ def test_reward_functions_get_every_column_repeated_per_sample(tiny_phi4mm_dir, 
 
     model, processor = load_tiny(tiny_phi4mm_dir)
     rows = [{**audio_row(i), "keywords": META[i]["keywords"]} for i in range(2)]
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=recording_reward,
-        args=make_config(tmp_path, max_steps=1, num_generations=3),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=processor,
+    trainer = make_trainer(
+        tmp_path, model, processor, rows, reward_funcs=recording_reward, max_steps=1, num_generations=3
     )
     trainer.train()
     order = seen["id"][:2]
@@ -335,12 +316,15 @@ def test_a_pairwise_judge_can_replace_reward_functions(tiny_phi4mm_dir, tmp_path
         return [float(len(c)) for c in completions]
 
     model, processor = load_tiny(tiny_phi4mm_dir)
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
+    trainer = make_trainer(
+        tmp_path,
+        model,
+        processor,
+        audio_rows(4),
+        reward_funcs=None,
         judge=RewardFunctionJudge(prefer_longer),
-        args=make_config(tmp_path, max_steps=2, num_generations=3),
-        train_dataset=Dataset.from_list([audio_row(i) for i in range(4)]),
-        processing_class=processor,
+        max_steps=2,
+        num_generations=3,
     )
     trainer.train()
     # 3 samples -> 3 pairs per step, each judged with one reward call per side, 2 prompts per call
@@ -355,13 +339,7 @@ def test_a_judge_without_preferences_gives_no_loss(tiny_phi4mm_dir, tmp_path):
 
     model, processor = load_tiny(tiny_phi4mm_dir)
     before = snapshot(model)
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        judge=undecided,
-        args=make_config(tmp_path, max_steps=2),
-        train_dataset=Dataset.from_list([audio_row(i) for i in range(4)]),
-        processing_class=processor,
-    )
+    trainer = make_trainer(tmp_path, model, processor, audio_rows(4), reward_funcs=None, judge=undecided, max_steps=2)
     trainer.train()
     assert logged(trainer, "pairs/tied_fraction") == [1.0, 1.0]
     assert logged(trainer, "loss") == [0.0, 0.0]
@@ -373,37 +351,32 @@ def test_bad_audio_is_skipped_and_counted_or_raises(tiny_phi4mm_dir, tmp_path):
     broken = tmp_path / "broken.flac"
     broken.write_bytes(b"not audio at all")
     rows = [audio_row(0), {**audio_row(1), "id": "bad-row", "audio": str(broken)}]
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path, max_steps=2, per_device_train_batch_size=2),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=processor,
-    )
+    trainer = make_trainer(tmp_path, model, processor, rows, max_steps=2, per_device_train_batch_size=2)
     trainer.train()
-    assert logged(trainer, "data/skipped") == [1, 2]  # one bad row per step, running count
+    assert logged(trainer, "data/skipped/total") == [1, 2]  # one bad row per step, running count
+    assert logged(trainer, "data/skipped/audio_unreadable") == [1, 2]
 
+    skips = SkipCounter()
     counted = create_audio_dataset(
-        "jsonl", jsonl_paths=[str(write_jsonl(tmp_path / "rows.jsonl", [0, 1], broken))], on_error="skip"
+        "jsonl",
+        jsonl_paths=[str(write_jsonl(tmp_path / "rows.jsonl", [0, 1], broken))],
+        on_error="skip",
+        skip_counter=skips,
     )
-    assert counted.skipped.total == 1
-    trainer = AudioOnlineDPOTrainer(
-        model=load_tiny(tiny_phi4mm_dir)[0],
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path, max_steps=1, per_device_train_batch_size=1),
-        train_dataset=counted,
-        processing_class=processor,
+    assert skips.total == 1
+    trainer = make_trainer(
+        tmp_path,
+        load_tiny(tiny_phi4mm_dir)[0],
+        processor,
+        counted,
+        skip_counter=skips,
+        max_steps=1,
+        per_device_train_batch_size=1,
     )
     trainer.train()
-    assert logged(trainer, "data/skipped") == [1]  # the row the dataset left out is counted too
+    assert logged(trainer, "data/skipped/total") == [1]  # the row the dataset left out is counted too
 
-    strict = AudioOnlineDPOTrainer(
-        model=load_tiny(tiny_phi4mm_dir)[0],
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path, on_error="raise"),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=processor,
-    )
+    strict = make_trainer(tmp_path, load_tiny(tiny_phi4mm_dir)[0], processor, rows, on_error="raise")
     with pytest.raises(AudioLoadError, match=r"bad-row.*broken\.flac"):
         strict.data_collator(rows)
 
@@ -411,15 +384,9 @@ def test_bad_audio_is_skipped_and_counted_or_raises(tiny_phi4mm_dir, tmp_path):
 def test_too_long_prompts_are_skipped_or_raise_never_truncated(tiny_phi4mm_dir, tmp_path):
     model, processor = load_tiny(tiny_phi4mm_dir)
     rows = [text_row(0), audio_row(1)]  # the audio row's prompt holds ~60 audio tokens, the text row ~25
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path, max_steps=1, per_device_train_batch_size=2, max_length=48),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=processor,
-    )
+    trainer = make_trainer(tmp_path, model, processor, rows, max_steps=1, per_device_train_batch_size=2, max_length=48)
     trainer.train()
-    assert logged(trainer, "data/skipped_too_long") == [1]
+    assert logged(trainer, "data/skipped/prompt_too_long") == [1]
     assert logged(trainer, "audio/seconds") == [0.0]  # only the text row trained
 
     trainer.args.on_too_long = "raise"
@@ -429,13 +396,7 @@ def test_too_long_prompts_are_skipped_or_raise_never_truncated(tiny_phi4mm_dir, 
 
 def test_audio_row_without_placeholder_is_a_clear_error(tiny_phi4mm_dir, tmp_path):
     model, processor = load_tiny(tiny_phi4mm_dir)
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path),
-        train_dataset=Dataset.from_list([audio_row(0)]),
-        processing_class=processor,
-    )
+    trainer = make_trainer(tmp_path, model, processor, [audio_row(0)])
     row = {**audio_row(0), "prompt": "Transcribe the audio clip."}  # plain text prompt: no place for the audio
     with pytest.raises(ValueError, match=r"ss_0001.*0 audio placeholders"):
         trainer._prepare_prompt_inputs(collate(trainer, [row]))
@@ -459,12 +420,15 @@ def test_it_learns_a_reward_the_tiny_model_can_satisfy(tiny_phi4mm_dir, tmp_path
     def low_token_share(completion_ids, **kwargs):
         return [sum(t < half for t in ids) / max(len(ids), 1) for ids in completion_ids]
 
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
+    trainer = make_trainer(
+        tmp_path,
+        model,
+        processor,
+        audio_rows(40),
         reward_funcs=low_token_share,
-        args=make_config(tmp_path, max_steps=60, per_device_train_batch_size=4, learning_rate=2e-2),
-        train_dataset=Dataset.from_list([audio_row(i) for i in range(40)]),
-        processing_class=processor,
+        max_steps=60,
+        per_device_train_batch_size=4,
+        learning_rate=2e-2,
     )
     trainer.train()
     rewards = logged(trainer, "rewards/low_token_share/mean")
@@ -477,12 +441,15 @@ def test_reward_weights_and_missing_eos_penalty_shape_the_scores(tiny_phi4mm_dir
         return [float(len(ids)) for ids in completion_ids]
 
     model, processor = load_tiny(tiny_phi4mm_dir)
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
+    trainer = make_trainer(
+        tmp_path,
+        model,
+        processor,
+        audio_rows(4),
         reward_funcs=[token_sum_reward, length_reward],
-        args=make_config(tmp_path, max_steps=2, reward_weights=[0.5, 0.0], missing_eos_penalty=3.0),
-        train_dataset=Dataset.from_list([audio_row(i) for i in range(4)]),
-        processing_class=processor,
+        max_steps=2,
+        reward_weights=[0.5, 0.0],
+        missing_eos_penalty=3.0,
     )
     trainer.train()
     for entry in trainer.state.log_history[:2]:
@@ -505,13 +472,7 @@ def test_trains_on_create_audio_dataset_output(tiny_phi4mm_dir, tmp_path, stream
         simu_preference={},
     )
     model, processor = load_tiny(tiny_phi4mm_dir)
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path, max_steps=2),
-        train_dataset=dataset,
-        processing_class=processor,
-    )
+    trainer = make_trainer(tmp_path, model, processor, dataset, max_steps=2)
     trainer.train()
     assert len(logged(trainer, "loss")) == 2
     assert all(seconds > 4 for seconds in logged(trainer, "audio/seconds"))  # two clips of 3.6-5.8 s per step
@@ -522,13 +483,8 @@ def test_with_a_judge_reward_functions_are_logged_but_do_not_rank(tiny_phi4mm_di
         return [None] * len(prompts)
 
     model, processor = load_tiny(tiny_phi4mm_dir)
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,  # would separate every pair, were it ranking
-        judge=undecided,
-        args=make_config(tmp_path, max_steps=1),
-        train_dataset=Dataset.from_list([audio_row(i) for i in range(2)]),
-        processing_class=processor,
+    trainer = make_trainer(
+        tmp_path, model, processor, audio_rows(2), reward_funcs=token_sum_reward, judge=undecided, max_steps=1
     )
     trainer.train()
     entry = trainer.state.log_history[0]
@@ -555,13 +511,14 @@ def test_a_sequence_classification_reward_model_scores_text_without_the_audio(ti
     reward_model.register_forward_pre_hook(
         lambda module, args, kwargs: seen_texts.extend(tokenizer.batch_decode(kwargs["input_ids"])), with_kwargs=True
     )
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
+    trainer = make_trainer(
+        tmp_path,
+        model,
+        processor,
+        audio_rows(2),
         reward_funcs=reward_model,
         reward_processing_classes=tokenizer,
-        args=make_config(tmp_path, max_steps=1),
-        train_dataset=Dataset.from_list([audio_row(i) for i in range(2)]),
-        processing_class=processor,
+        max_steps=1,
     )
     trainer.train()
     entry = trainer.state.log_history[0]
@@ -575,19 +532,17 @@ def test_a_batch_of_only_bad_rows_is_skipped_without_spoiling_the_averages(tiny_
     broken = tmp_path / "broken.flac"
     broken.write_bytes(b"")
     rows = [audio_row(1)] + [{**audio_row(i), "audio": str(broken)} for i in (0, 2, 3)]
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
-        reward_funcs=token_sum_reward,
-        args=make_config(tmp_path, max_steps=4, per_device_train_batch_size=1, logging_steps=2),
-        train_dataset=Dataset.from_list(rows),
-        processing_class=processor,
+    trainer = make_trainer(
+        tmp_path, model, processor, rows, max_steps=4, per_device_train_batch_size=1, logging_steps=2
     )
     with mock.patch("torch.utils.data.RandomSampler.__iter__", lambda sampler: iter([1, 0, 2, 3])):
         trainer.train()
     first, second = [entry for entry in trainer.state.log_history if "loss" in entry]
     # window 1: a skipped batch and a good one -> the good one's metrics; window 2: only a skipped batch -> NaN
-    assert first["data/skipped"] == 1 and math.isfinite(first["logps/chosen"]) and first["pairs/tied_fraction"] == 0
-    assert second["data/skipped"] == 3 and math.isnan(second["logps/chosen"])
+    assert (
+        first["data/skipped/total"] == 1 and math.isfinite(first["logps/chosen"]) and first["pairs/tied_fraction"] == 0
+    )
+    assert second["data/skipped/total"] == 3 and math.isnan(second["logps/chosen"])
 
 
 def test_gradient_accumulation_trains_on_every_micro_batch(tiny_phi4mm_dir, tmp_path):
@@ -599,13 +554,74 @@ def test_gradient_accumulation_trains_on_every_micro_batch(tiny_phi4mm_dir, tmp_
 
     model, processor = load_tiny(tiny_phi4mm_dir)
     before = snapshot(model)
-    trainer = AudioOnlineDPOTrainer(
-        model=model,
+    trainer = make_trainer(
+        tmp_path,
+        model,
+        processor,
+        audio_rows(4),
         reward_funcs=recording_reward,
-        args=make_config(tmp_path, max_steps=2, per_device_train_batch_size=1, gradient_accumulation_steps=2),
-        train_dataset=Dataset.from_list([audio_row(i) for i in range(4)]),
-        processing_class=processor,
+        max_steps=2,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=2,
     )
     trainer.train()
     assert len(logged(trainer, "loss")) == 2 and sorted(seen_ids) == sorted(META[i]["id"] for i in range(4))
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
+
+
+# ---------------------------------------------------------------- pair selection and loss, on hand-picked numbers
+
+
+# 3 prompts x 3 samples, in TRL's layout: rewards[k * 3 + b] is sample k of prompt b.
+REWARDS = torch.tensor([1.0, 5.0, 2.0, 3.0, 5.0, 0.0, 2.0, 5.0, 1.0])
+POLICY_LOGPS = torch.tensor([-4.0, -1.0, -3.0, -2.0, -1.0, -5.0, -6.0, -1.0, -7.0])
+REF_LOGPS = torch.tensor([-3.0, -1.0, -4.0, -3.0, -1.0, -3.0, -6.0, -1.0, -7.0])
+
+
+def test_select_pairs_takes_best_and_worst_and_flags_ties():
+    chosen, rejected, tied = select_pairs(REWARDS, num_generations=3)
+    # prompt 0: rewards (1, 3, 2) -> best sample 1 (index 3), worst sample 0 (index 0)
+    # prompt 1: rewards (5, 5, 5) -> tie
+    # prompt 2: rewards (2, 0, 1) -> best sample 0 (index 2), worst sample 1 (index 5)
+    assert chosen[[0, 2]].tolist() == [3, 2]
+    assert rejected[[0, 2]].tolist() == [0, 5]
+    assert tied.tolist() == [False, True, False]
+
+
+def test_select_pairs_matches_trl_order_for_two_samples():
+    # TRL: chosen = first sample when first >= second
+    chosen, rejected, tied = select_pairs(torch.tensor([2.0, 1.0, 1.0, 3.0]), num_generations=2)
+    assert chosen.tolist() == [0, 3] and rejected.tolist() == [2, 1] and not tied.any()
+
+
+@pytest.mark.parametrize(
+    "loss_type, expected",
+    [
+        # h = (pi_c - pi_r) - (ref_c - ref_r), beta = 0.5
+        # prompt 0: (-2 - -4) - (-3 - -3) = 2 ; prompt 2: (-3 - -5) - (-4 - -3) = 3 ; prompt 1 tied, left out
+        # sigmoid: mean(log(1 + e^-1), log(1 + e^-1.5)) = mean(0.3132617, 0.2014133) = 0.2573375
+        ("sigmoid", (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(-1.5))) / 2),
+        # ipo: mean((2 - 1/(2*0.5))^2, (3 - 1)^2) = mean(1, 4) = 2.5
+        ("ipo", 2.5),
+    ],
+)
+def test_dpo_loss_on_hand_picked_logps_excludes_ties(loss_type, expected):
+    chosen, rejected, tied = select_pairs(REWARDS, num_generations=3)
+    losses = dpo_losses(
+        POLICY_LOGPS[chosen] - POLICY_LOGPS[rejected], REF_LOGPS[chosen] - REF_LOGPS[rejected], 0.5, loss_type
+    )
+    loss = mean_over_preferred(losses, tied)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_all_tied_gives_zero_loss_that_still_backpropagates():
+    logps = torch.tensor([-1.0, -2.0], requires_grad=True)
+    losses = dpo_losses(logps[:1] - logps[1:], torch.zeros(1), 0.1, "sigmoid")
+    loss = mean_over_preferred(losses, torch.tensor([True]))
+    loss.backward()
+    assert loss.item() == 0.0 and logps.grad.abs().sum().item() == 0.0
+
+
+def test_unknown_loss_type_is_an_error():
+    with pytest.raises(ValueError, match="loss_type"):
+        dpo_losses(torch.zeros(1), torch.zeros(1), 0.1, "hinge")

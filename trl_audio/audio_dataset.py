@@ -1,90 +1,43 @@
-"""Speech datasets for online DPO: OpenASR (ESB), TSV and JSONL sources made into rows of audio, prompt, reference."""
+"""Speech datasets for online DPO: the dataset config (its keys, validation and JSON files) and the rows made from a
+source's records (audio checked or decoded, biasing prompt, reference, simulated preferences)."""
 
 from __future__ import annotations
 
-import ast
 import difflib
 import json
 import logging
 import os
-import posixpath
 import random
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import datasets
-from datasets import Audio, Dataset, Features, IterableDataset, List, Value
+from datasets import Dataset, Features, IterableDataset, List, Value
 
-from .audio_utils import CLOUD_PREFIXES, AudioLoadError, audio_info, load_audio, read_text_lines
+from .audio_utils import AudioLoadError, audio_info, load_audio, resolve_path
 from .biasing import Biaser, BiasingConfig, read_word_file
 from .error_simulation import ErrorSimulationConfig, ErrorSimulator
-from .prompts import TRANSCRIBE_PROMPT, make_instruction, make_prompt
+from .manifests import ManifestError, Record, as_path_list, esb_records, load_esb, read_jsonl, read_tsv
+from .prompts import make_instruction, make_prompt
+from .skips import ON_ERROR_CHOICES, SkipCounter
 
 
 logger = logging.getLogger(__name__)
 
-ESB_REPO = "hf-audio/esb-datasets-test-only-sorted"
 SOURCES = ("openasr", "tsv", "jsonl")
-ON_ERROR = ("raise", "skip")
-SKIP_REASONS = ("empty_text", "missing_file", "unreadable_audio", "empty_audio", "too_long")
-TSV_COLUMNS = ("id", "audio_path", "text", "keywords", "prompt")
 SOURCE_KEYS = {"openasr": ("name", "split", "data_dir"), "tsv": ("tsv_paths",), "jsonl": ("jsonl_paths",)}
 # Paths in a config file, resolved against the file's folder by `load_dataset_config`.
 PATH_KEYS = ("data_dir", "tsv_paths", "jsonl_paths")
 
 
-class ManifestError(ValueError):
-    """A manifest (TSV, JSONL, config) that cannot be parsed; the message names the file, the line and the fix."""
-
-
 class BadRowError(ValueError):
-    """A row whose transcript or audio is unusable (with `on_error="raise"`); `reason` is one of `SKIP_REASONS`."""
+    """A row whose transcript or audio is unusable (with `on_error="raise"`); `reason` is one of
+    `trl_audio.skips.SKIP_REASONS`."""
 
     def __init__(self, message: str, reason: str):
         super().__init__(message)
         self.reason = reason
-
-
-class SkipCounter:
-    """Rows dropped under `on_error="skip"`, counted by reason (`SKIP_REASONS`).
-
-    Each skip logs one warning naming the row, its manifest line and the file. A streaming dataset counts rows as they
-    are consumed, so the counts grow during training (and again on each pass over the data); they are counted in the
-    process that iterates, not in DataLoader worker processes.
-    """
-
-    def __init__(self):
-        self.by_reason: Counter[str] = Counter()
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_reason.values())
-
-    def add(self, reason: str, message: str) -> None:
-        self.by_reason[reason] += 1
-        logger.warning("Skipped %s [%s]", message, reason)
-
-    def as_dict(self) -> dict[str, int]:
-        """`{"total": n, <reason>: count, ...}`, e.g. for logging as `data/skipped`."""
-        return {"total": self.total, **self.by_reason}
-
-    def __repr__(self) -> str:
-        return f"SkipCounter({self.as_dict()})"
-
-
-@dataclass
-class Record:
-    """One source row before its checks: `audio` is an absolute path or URL, or a `datasets` Audio dict."""
-
-    id: str
-    audio: Any
-    text: str
-    origin: str  # where the row comes from, for messages: "train.tsv, line 3"
-    keywords: list[str] = field(default_factory=list)
-    instruction: str = TRANSCRIBE_PROMPT
 
 
 @dataclass
@@ -148,8 +101,8 @@ def validate_config(dataset_name: str, **config: Any) -> DatasetConfig:
     config["biasing"] = _block(config.get("biasing"), BiasingConfig, "the biasing block")
     config["simu_preference"] = _block(config.get("simu_preference"), ErrorSimulationConfig, "simu_preference")
     cfg = DatasetConfig(**config)
-    if cfg.on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {list(ON_ERROR)}, got {cfg.on_error!r}.")
+    if cfg.on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {list(ON_ERROR_CHOICES)}, got {cfg.on_error!r}.")
     if cfg.num_egs is not None and (int(cfg.num_egs) != cfg.num_egs or cfg.num_egs < 1):
         raise ValueError(f"num_egs must be a positive integer or None, got {cfg.num_egs!r}.")
     if int(cfg.sampling_rate) != cfg.sampling_rate or cfg.sampling_rate <= 0:
@@ -183,7 +136,7 @@ def load_dataset_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ManifestError(f"{path} must hold one JSON object with a `dataset_name` key ({' / '.join(SOURCES)}).")
 
     def resolve(p: str) -> str:
-        return p if p.startswith(CLOUD_PREFIXES) or os.path.isabs(p) else os.path.normpath(path.parent.resolve() / p)
+        return resolve_path(p, str(path.parent))
 
     for key in PATH_KEYS:
         if isinstance(config.get(key), str):
@@ -197,219 +150,6 @@ def load_dataset_config(path: str | os.PathLike) -> dict[str, Any]:
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     return config
-
-
-# ---------------------------------------------------------------- sources
-
-
-def resolve_audio_path(audio_path: str, manifest: str) -> str:
-    """`audio_path` made absolute: URLs and absolute paths as they are, relative ones against the manifest's folder."""
-    if audio_path.startswith(CLOUD_PREFIXES) or os.path.isabs(audio_path):
-        return audio_path
-    if manifest.startswith(CLOUD_PREFIXES):
-        return posixpath.join(posixpath.dirname(manifest), audio_path)
-    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(manifest)), audio_path))
-
-
-def _paths(paths: str | list[str]) -> list[str]:
-    return [str(paths)] if isinstance(paths, (str, os.PathLike)) else [str(p) for p in paths]
-
-
-def _keywords(value: Any, where: str) -> list[str]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        return [k.strip() for k in value.split("|") if k.strip()]
-    if isinstance(value, list) and all(isinstance(k, str) for k in value):
-        return value
-    raise ManifestError(f"{where}: `keywords` must be a list of strings or a '|'-separated string, got {value!r}.")
-
-
-def read_tsv(path: str) -> list[Record]:
-    """Rows of a TSV manifest, in either format.
-
-    - With a header: `id<TAB>audio_path<TAB>text[<TAB>keywords]` (any order; `id` and `keywords` optional, and an
-      optional `prompt` column overrides the instruction); keywords are separated by `|`.
-    - Headerless legacy (the reference fork): `id<TAB>['path.flac']<TAB>[{'messages': [..., {'role': 'assistant',
-      'content': 'reference'}]}]`, Python literals parsed with `ast.literal_eval` (never `eval`); the first path and
-      the last message's content are used.
-
-    Relative audio paths resolve against the TSV's folder. Raises `ManifestError` naming the file and line.
-    """
-    lines = [(n, line) for n, line in read_text_lines(path) if line.strip()]
-    if not lines:
-        raise ManifestError(f"{path} holds no rows. Give a header `id<TAB>audio_path<TAB>text` and one row a line.")
-    header = lines[0][1].split("\t")
-    if "audio_path" in header or "text" in header:
-        return _read_tsv_with_header(path, header, lines[1:])
-    return [_legacy_tsv_row(path, n, line) for n, line in lines]
-
-
-def _read_tsv_with_header(path: str, header: list[str], lines: list[tuple[int, str]]) -> list[Record]:
-    columns = [c.strip() for c in header]
-    bad = [c for c in columns if c not in TSV_COLUMNS] + [c for c in ("audio_path", "text") if c not in columns]
-    if bad or len(set(columns)) != len(columns):
-        raise ManifestError(
-            f"{path}, line 1: bad header {columns}. Use the columns id, audio_path, text and optionally keywords and "
-            f"prompt, tab-separated, each once (allowed: {list(TSV_COLUMNS)})."
-        )
-    records = []
-    for lineno, line in lines:
-        values = line.split("\t")
-        if len(values) != len(columns):
-            raise ManifestError(
-                f"{path}, line {lineno}: expected {len(columns)} tab-separated fields ({', '.join(columns)}), found "
-                f"{len(values)}. Tabs are not allowed inside a field."
-            )
-        row = dict(zip(columns, values))
-        audio = resolve_audio_path(row["audio_path"].strip(), path)
-        where = f"{path}, line {lineno}"
-        records.append(
-            Record(
-                id=row.get("id", "").strip() or Path(audio).stem,
-                audio=audio,
-                text=row["text"].strip(),
-                origin=where,
-                keywords=_keywords(row.get("keywords"), where),
-                instruction=row.get("prompt", "").strip() or TRANSCRIBE_PROMPT,
-            )
-        )
-    return records
-
-
-def _legacy_tsv_row(path: str, lineno: int, line: str) -> Record:
-    where = f"{path}, line {lineno}"
-    values = line.split("\t")
-    fix = (
-        "Expected a header `id<TAB>audio_path<TAB>text[<TAB>keywords]`, or headerless legacy rows "
-        "`id<TAB>['audio.flac']<TAB>[{'messages': [...]}]`."
-    )
-    if len(values) != 3:
-        raise ManifestError(f"{where}: found {len(values)} tab-separated fields. {fix}")
-    try:
-        audio_paths, messages = ast.literal_eval(values[1].strip()), ast.literal_eval(values[2].strip())
-        text = messages[0]["messages"][-1]["content"]
-    except (ValueError, SyntaxError, TypeError, KeyError, IndexError, MemoryError, RecursionError) as e:
-        raise ManifestError(f"{where}: unreadable legacy row ({type(e).__name__}: {e}). {fix}") from e
-    if not (isinstance(audio_paths, list) and audio_paths and isinstance(audio_paths[0], str)):
-        raise ManifestError(f"{where}: the second field must be a list of audio paths, got {values[1]!r}. {fix}")
-    if not isinstance(text, str):
-        raise ManifestError(f"{where}: the last message's content must be the reference text, got {text!r}. {fix}")
-    audio = resolve_audio_path(audio_paths[0], path)
-    return Record(id=values[0].strip(), audio=audio, text=text.strip(), origin=where)
-
-
-def read_jsonl(path: str) -> list[Record]:
-    """Rows of a JSONL manifest: one object a line with `audio_path` (or `audio`), `text`, and optional `id`,
-    `keywords` (a list, or a `|`-separated string) and `prompt` (a task instruction replacing the default); other keys
-    are ignored. Relative audio paths resolve against the file's folder. Raises `ManifestError` naming file and line.
-    """
-    records = []
-    for lineno, line in read_text_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path}, line {lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{where}: invalid JSON ({e.msg}, column {e.colno}). Write one object a line.") from e
-        if not isinstance(obj, dict):
-            raise ManifestError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
-        audio = obj.get("audio_path", obj.get("audio"))
-        if not isinstance(audio, str) or not audio.strip():
-            raise ManifestError(f"{where}: needs `audio_path` (or `audio`): the path or URL of the audio file.")
-        if not isinstance(obj.get("text"), str):
-            raise ManifestError(f"{where}: needs `text`, the reference transcript as a string.")
-        prompt = obj.get("prompt")
-        if prompt is not None and not isinstance(prompt, str):
-            raise ManifestError(f"{where}: `prompt` must be a string (a task instruction), got {prompt!r}.")
-        audio = resolve_audio_path(audio.strip(), path)
-        records.append(
-            Record(
-                id=str(obj["id"]) if obj.get("id") is not None else Path(audio).stem,
-                audio=audio,
-                text=obj["text"].strip(),
-                origin=where,
-                keywords=_keywords(obj.get("keywords"), where),
-                instruction=(prompt or "").strip() or TRANSCRIBE_PROMPT,
-            )
-        )
-    if not records:
-        raise ManifestError(f"{path} holds no rows: write one JSON object a line.")
-    return records
-
-
-def _load_esb(cfg: DatasetConfig) -> Dataset | IterableDataset:
-    """The ESB split as a `datasets` object whose `audio` is left undecoded (`datasets` would need FFmpeg)."""
-    if cfg.data_dir:
-        ds, where = _load_local_esb(cfg), cfg.data_dir
-    else:
-        # Not covered by the tests (no hub access there): everything after loading is, through a local copy.
-        where = f"{ESB_REPO} ({cfg.name}, {cfg.split})"
-        try:
-            ds = datasets.load_dataset(ESB_REPO, cfg.name, split=cfg.split, streaming=cfg.streaming)
-        except Exception as e:  # offline, unknown name or split: all need the same advice
-            raise RuntimeError(
-                f"Could not load {where} from the Hugging Face Hub: {e}. Check `name` and `split`; when offline, "
-                "download the split elsewhere and point `data_dir` at a `save_to_disk` folder or its parquet files."
-            ) from e
-    if ds.features is None:  # a streamed source that does not declare its columns: rows are checked one by one
-        return ds
-    missing = {"audio", "text"} - set(ds.features)
-    if missing:
-        raise ValueError(f"{where} lacks the column(s) {sorted(missing)}: an ESB split has audio, text and id.")
-    if isinstance(ds.features["audio"], Audio):
-        ds = ds.cast_column("audio", Audio(decode=False))
-    return ds
-
-
-def _load_local_esb(cfg: DatasetConfig) -> Dataset | IterableDataset:
-    path = Path(cfg.data_dir)
-    if (path / "dataset_dict.json").exists():
-        splits = datasets.load_from_disk(str(path))
-        if cfg.split not in splits:
-            raise ValueError(f"{path} has no split {cfg.split!r}: set `split` to one of {list(splits)}.")
-        ds = splits[cfg.split]
-    elif (path / "state.json").exists():
-        ds = datasets.load_from_disk(str(path))
-    else:
-        if path.is_file():
-            files = [path]
-        else:
-            patterns = (f"{cfg.name}/{cfg.split}-*.parquet", f"{cfg.split}-*.parquet", "*.parquet")
-            files = next((found for p in patterns if (found := sorted(path.glob(p)))), [])
-        if not files:
-            raise FileNotFoundError(
-                f"No dataset in data_dir={path}: expected a `save_to_disk` folder, a parquet file, or parquet files "
-                f"named like the hub's ({cfg.name}/{cfg.split}-*.parquet)."
-            )
-        # Read lazily even when not streaming: the rows are copied once anyway, so no cache needs writing.
-        return datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train", streaming=True)
-    return ds.to_iterable_dataset() if cfg.streaming else ds
-
-
-def _esb_records(cfg: DatasetConfig, ds: Dataset | IterableDataset) -> Iterator[Record]:
-    where = cfg.data_dir or f"{ESB_REPO} ({cfg.name}, {cfg.split})"
-    # A local copy may hold audio paths rather than bytes: relative ones resolve against it, as in a manifest.
-    anchor = os.path.join(cfg.data_dir, "_") if cfg.data_dir and os.path.isdir(cfg.data_dir) else cfg.data_dir
-    for index, row in enumerate(ds):
-        audio = row.get("audio")
-        if anchor and isinstance(audio, str):
-            audio = resolve_audio_path(audio, anchor)
-        elif anchor and isinstance(audio, dict) and not audio.get("bytes") and audio.get("path"):
-            audio = {**audio, "path": resolve_audio_path(audio["path"], anchor)}
-        if not isinstance(row.get("text"), (str, type(None))):
-            raise ManifestError(f"{where}, row {index}: `text` must be a string, got {row.get('text')!r}.")
-        row_id = row.get("id")
-        yield Record(
-            id=str(row_id) if row_id is not None else f"{cfg.name}/{cfg.split}/{index}",
-            audio=audio,
-            text=(row.get("text") or "").strip(),
-            origin=f"{where}, row {index}",
-        )
-
-
-# ---------------------------------------------------------------- rows
 
 
 def _features(decoded: bool, preference: bool) -> Features:
@@ -430,29 +170,31 @@ def _features(decoded: bool, preference: bool) -> Features:
 class _RowBuilder:
     """Turns source records into rows; one pass of `rows()` is the dataset (called again for each streaming pass)."""
 
-    def __init__(self, dataset_name: str, cfg: DatasetConfig):
+    def __init__(self, dataset_name: str, cfg: DatasetConfig, skipped: SkipCounter):
         self.cfg = cfg
-        self.skipped = SkipCounter()
+        self.skipped = skipped
         # ESB rows carry audio bytes rather than files, so their audio is always decoded.
         self.decode = cfg.load_audio or dataset_name == "openasr"
         # The streaming path hands rows to `datasets` as they are: lists there equal what a table gives back.
         self.array_as_list = cfg.streaming
         self.word_list = read_word_file(cfg.biasing.word_file) if cfg.biasing and cfg.biasing.word_file else None
         self.esb, self.records = None, []
+        manifests = as_path_list(cfg.tsv_paths or cfg.jsonl_paths or [])
         if dataset_name == "openasr":
-            self.esb = _load_esb(cfg)
+            self.esb = load_esb(cfg.name, cfg.split, cfg.data_dir, cfg.streaming)
         else:  # manifests are small: parse them now, so that a malformed line fails before any training
             reader = read_tsv if dataset_name == "tsv" else read_jsonl
-            self.records = [r for p in _paths(cfg.tsv_paths or cfg.jsonl_paths) for r in reader(p)]
+            self.records = [r for p in manifests for r in reader(p)]
             if cfg.biasing and cfg.biasing.hit_source == "keywords" and not any(r.keywords for r in self.records):
                 raise ValueError(
-                    f"biasing.hit_source='keywords', but no row of {_paths(cfg.tsv_paths or cfg.jsonl_paths)} has "
+                    f"biasing.hit_source='keywords', but no row of {manifests} has "
                     "keywords, so every prompt would be plain: add a `keywords` column or use "
                     "hit_source='transcript'."
                 )
 
     def source(self) -> Iterator[Record]:
-        return iter(self.records) if self.esb is None else _esb_records(self.cfg, self.esb)
+        cfg = self.cfg
+        return iter(self.records) if self.esb is None else esb_records(self.esb, cfg.name, cfg.split, cfg.data_dir)
 
     def rows(self) -> Iterator[dict]:
         cfg = self.cfg
@@ -514,7 +256,9 @@ def _generate(builder: _RowBuilder) -> Iterator[dict]:
     yield from builder.rows()
 
 
-def create_audio_dataset(dataset_name: str = "openasr", **config: Any) -> Dataset | IterableDataset:
+def create_audio_dataset(
+    dataset_name: str = "openasr", skip_counter: SkipCounter | None = None, **config: Any
+) -> Dataset | IterableDataset:
     """Build a speech dataset for `AudioOnlineDPOTrainer` from OpenASR (ESB), TSV or JSONL sources.
 
     Each row has `id`, `prompt` (one user turn: an `{"type": "audio"}` part, then the instruction text), `audio` (an
@@ -525,7 +269,11 @@ def create_audio_dataset(dataset_name: str = "openasr", **config: Any) -> Datase
     Args:
         dataset_name (`str`, defaults to `"openasr"`):
             `"openasr"` (an ESB test set, `hf-audio/esb-datasets-test-only-sorted`, or a local copy), `"tsv"` or
-            `"jsonl"` (manifests pointing at audio files; see `read_tsv` / `read_jsonl` for the formats).
+            `"jsonl"` (manifests pointing at audio files; see `trl_audio.manifests.read_tsv` / `read_jsonl` for the
+            formats).
+        skip_counter (`SkipCounter`, *optional*):
+            Where rows left out under `on_error="skip"` are counted by reason; pass the same counter to
+            `AudioOnlineDPOTrainer(skip_counter=...)` to have the trainer log them as `data/skipped/<reason>`.
         name (`str`, *optional*, defaults to `"librispeech"`):
             openasr only: the ESB config (librispeech, ami, earnings22, gigaspeech, spgispeech, tedlium, voxpopuli).
         split (`str`, *optional*, defaults to `"test.clean"`):
@@ -557,7 +305,7 @@ def create_audio_dataset(dataset_name: str = "openasr", **config: Any) -> Datase
         on_error (`str`, *optional*, defaults to `"raise"`):
             What to do with a bad row (missing, unreadable or non-audio file, zero-length or too long audio, empty
             transcript): `"raise"` a `BadRowError` naming the row, its manifest line and the file, or `"skip"` it with
-            one warning, counted in `dataset.skipped`. Malformed manifest lines always raise `ManifestError`.
+            one warning, counted in `skip_counter`. Malformed manifest lines always raise `ManifestError`.
         seed (`int`, *optional*, defaults to `0`):
             Seed of biasing and error simulation, combined with each row's index: the same config gives the same
             dataset.
@@ -577,12 +325,10 @@ def create_audio_dataset(dataset_name: str = "openasr", **config: Any) -> Datase
             copy. `simu_perference` (the reference fork's spelling) is accepted too.
 
     Returns:
-        `datasets.Dataset`, or `datasets.IterableDataset` when `streaming`. Its `skipped` attribute is the
-        `SkipCounter` of rows dropped under `on_error="skip"` (`dataset.skipped.total`, `.as_dict()`); transforms such
-        as `map` or `shuffle` return datasets without it, so read it from the dataset returned here.
+        `datasets.Dataset`, or `datasets.IterableDataset` when `streaming`.
     """
     cfg = validate_config(dataset_name, **config)
-    builder = _RowBuilder(dataset_name, cfg)
+    builder = _RowBuilder(dataset_name, cfg, skip_counter if skip_counter is not None else SkipCounter())
     features = _features(builder.decode, cfg.simu_preference is not None)
     if cfg.streaming:
         ds = IterableDataset.from_generator(_generate, features=features, gen_kwargs={"builder": builder})
@@ -593,5 +339,15 @@ def create_audio_dataset(dataset_name: str = "openasr", **config: Any) -> Datase
         if not rows:
             raise ValueError(f"The {dataset_name!r} dataset has no rows left (skipped: {builder.skipped.as_dict()}).")
         ds = Dataset.from_list(rows, features=features)
-    ds.skipped = builder.skipped
     return ds
+
+
+def dataset_from_config(
+    path: str | os.PathLike, dataset_name: str | None = None, skip_counter: SkipCounter | None = None
+) -> Dataset | IterableDataset:
+    """The dataset a JSON config file describes (`create_audio_dataset(**load_dataset_config(path))`), with its source
+    replaced by `dataset_name` when given, and its skipped rows counted in `skip_counter`."""
+    config = load_dataset_config(path)
+    if dataset_name is not None:
+        config["dataset_name"] = dataset_name
+    return create_audio_dataset(skip_counter=skip_counter, **config)

@@ -1,10 +1,14 @@
-"""Model loading (`init_model`) and audio I/O (`load_audio`), shared by the trainer, the datasets and the scripts."""
+"""Audio and text-file I/O, local or cloud: decoding and resampling clips (`load_audio`), checking them without
+decoding (`audio_info`), reading manifests' lines (`read_text_lines`), and resolving relative paths (`resolve_path`).
+
+`init_model` lives in `trl_audio.modeling`; it stays importable from here, where users first met it."""
 
 from __future__ import annotations
 
 import io
 import logging
 import os
+import posixpath
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +25,11 @@ CLOUD_PREFIXES = ("az://", "gs://", "s3://", "https://", "http://")
 class AudioLoadError(ValueError):
     """An audio source could not be turned into a usable waveform; the message names the source and the fix.
 
-    `reason` says why, in the words the dataset builders count skipped rows with: `missing_file`, `unreadable_audio`,
-    `empty_audio` or `too_long`.
+    `reason` says why, in the words skipped rows are counted with (`trl_audio.skips.SKIP_REASONS`): `audio_missing`,
+    `audio_unreadable`, `audio_empty` or `audio_too_long`.
     """
 
-    def __init__(self, message: str, reason: str = "unreadable_audio"):
+    def __init__(self, message: str, reason: str = "audio_unreadable"):
         super().__init__(message)
         self.reason = reason
 
@@ -76,11 +80,11 @@ def _open_audio(source: Any) -> Any:
         try:
             return io.BytesIO(_read_bytes(name))
         except FileNotFoundError as e:
-            raise AudioLoadError(f"Audio file not found: {name}. Check the URL.", reason="missing_file") from e
+            raise AudioLoadError(f"Audio file not found: {name}. Check the URL.", reason="audio_missing") from e
     if not os.path.isfile(name):  # soundfile reports a missing file as a vague "System error"
         raise AudioLoadError(
             f"Audio file not found: {name}. Check the path (relative paths resolve against the manifest's folder).",
-            reason="missing_file",
+            reason="audio_missing",
         )
     return name
 
@@ -91,12 +95,12 @@ def _decode_error(name: str, error: Exception) -> str:
 
 def _check_length(name: str, num_samples: int, sr: int, max_seconds: float | None) -> None:
     if num_samples == 0:
-        raise AudioLoadError(f"Audio file {name} holds no samples (zero-length audio).", reason="empty_audio")
+        raise AudioLoadError(f"Audio file {name} holds no samples (zero-length audio).", reason="audio_empty")
     if max_seconds is not None and num_samples / sr > max_seconds:
         raise AudioLoadError(
             f"Audio file {name} lasts {num_samples / sr:.1f} s, over the limit of {max_seconds} s "
             "(max_audio_seconds).",
-            reason="too_long",
+            reason="audio_too_long",
         )
 
 
@@ -145,86 +149,14 @@ def load_audio(source: Any, target_sr: int, max_seconds: float | None = None) ->
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
-SPEECH_LORA_MODES = ("merge", "train", "off")
+def resolve_path(path: str, base_dir: str) -> str:
+    """`path` made absolute: URLs and absolute paths as they are, relative ones against `base_dir` (a local folder or
+    a cloud URL). Manifests resolve their audio paths against their own folder, configs their paths against theirs."""
+    if path.startswith(CLOUD_PREFIXES) or os.path.isabs(path):
+        return path
+    if base_dir.startswith(CLOUD_PREFIXES):
+        return posixpath.join(base_dir, path)
+    return os.path.normpath(os.path.join(os.path.abspath(base_dir), path))
 
 
-def init_model(
-    model_id: str,
-    speech_lora: str = "merge",
-    dtype: str | Any = "auto",
-    attn_implementation: str | None = None,
-    device_map: str | dict | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    quantization_config: Any = None,
-    speech_lora_subfolder: str = "speech-lora",
-):
-    """Loads an audio LLM and its processor with the native transformers classes; returns `(model, processor)`.
-
-    `model_id` is a hub id or a local directory. A Phi-4-multimodal checkpoint carries its speech ability in a LoRA
-    adapter (`speech-lora/`), which `speech_lora` handles:
-
-    - `"merge"` (default): load the adapter and merge it into the weights. The result is a plain model; a fresh LoRA
-      can be trained on top (`peft_config`), and the trainer's reference (adapter disabled) is the merged model.
-    - `"train"`: keep the speech adapter as a trainable PEFT adapter (named `speech`). Disabling it would remove the
-      speech ability, so give the trainer an explicit reference: `init_model(model_id, speech_lora="merge")[0]`.
-    - `"off"`: ignore the adapter.
-
-    Other audio LLMs (Qwen2-Audio, Voxtral, Granite-Speech, Gemma 3n, ...) load through the Auto classes; for them
-    `speech_lora` must be `"off"` unless their checkpoint has a `speech_lora_subfolder` too. `dtype`,
-    `attn_implementation`, `device_map`, `revision` and `quantization_config` go to `from_pretrained` unchanged.
-    """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM, AutoProcessor
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
-
-    if speech_lora not in SPEECH_LORA_MODES:
-        raise ValueError(f"speech_lora must be one of {SPEECH_LORA_MODES}, got {speech_lora!r}.")
-    if isinstance(dtype, str) and dtype != "auto":
-        dtype = getattr(torch, dtype)
-    hub_kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    config = AutoConfig.from_pretrained(model_id, **hub_kwargs)
-    is_multimodal = config.model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
-    auto_class = AutoModelForMultimodalLM if is_multimodal else AutoModelForCausalLM
-    model_kwargs = {"dtype": dtype, "device_map": device_map, "quantization_config": quantization_config}
-    if attn_implementation is not None:
-        model_kwargs["attn_implementation"] = attn_implementation
-    model = auto_class.from_pretrained(model_id, config=config, **hub_kwargs, **model_kwargs)
-    processor = AutoProcessor.from_pretrained(model_id, **hub_kwargs)
-    if processor.chat_template is None and getattr(processor.tokenizer, "chat_template", None):
-        # Phi4MultimodalProcessor drops its chat template on load (transformers 5.24); the tokenizer keeps a copy.
-        processor.chat_template = processor.tokenizer.chat_template
-    if speech_lora != "off":
-        model = load_speech_lora(model, model_id, speech_lora_subfolder, revision, trainable=speech_lora == "train")
-        if speech_lora == "merge":
-            model = model.merge_and_unload()
-            if quantization_config is None:  # PEFT froze the base weights; merged, they are a plain model again
-                model.requires_grad_(True)
-    logger.info("Loaded %s (%s) with speech_lora=%s", model_id, type(model).__name__, speech_lora)
-    return model, processor
-
-
-def load_speech_lora(model, model_id: str, subfolder: str, revision: str | None = None, trainable: bool = False):
-    """Wraps `model` in a PEFT model holding the checkpoint's speech LoRA adapter (named `speech`).
-
-    Phi-4-MM's hub adapter was written by transformers' conversion script without PEFT's `base_model.model.` key
-    prefix, which `PeftModel.from_pretrained` silently fails to match (the adapter then stays at its random init). So
-    the weights are loaded here under either layout, and an adapter whose weights do not all land is an error.
-    """
-    from peft import LoraConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
-
-    config = LoraConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
-    config.inference_mode = not trainable
-    weights = load_peft_weights(model_id, subfolder=subfolder, revision=revision)
-    prefix = "base_model.model."
-    weights = {key if key.startswith(prefix) else prefix + key: value for key, value in weights.items()}
-    model = get_peft_model(model, config, adapter_name="speech")
-    result = set_peft_model_state_dict(model, weights, adapter_name="speech")
-    expected = {name for name, _ in model.named_parameters() if ".speech." in name}
-    if result.unexpected_keys or len(weights) != len(expected):
-        raise ValueError(
-            f"The speech adapter in {model_id}/{subfolder} does not fit the model: {len(weights)} tensors for "
-            f"{len(expected)} adapter parameters; unexpected keys such as {result.unexpected_keys[:3]}. "
-            "Check that the adapter belongs to this checkpoint (and revision)."
-        )
-    return model
+from .modeling import init_model  # noqa: E402, F401  (the name users rely on: trl_audio.audio_utils.init_model)

@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .audio_utils import read_text_lines
 from .prompts import TRANSCRIBE_PROMPT, make_instruction
+from .text import DISTRACTOR_POOL_SIZE, PiecePool, strip_punct, word_set
 
 
-# Pieces of the last rows kept as distractors: enough variety for any list length, bounded memory when streaming.
-DISTRACTOR_POOL_SIZE = 10_000
 HIT_SOURCES = ("transcript", "keywords")
-_LEADING_PUNCT = re.compile(r"^[^\w]+")
-_TRAILING_PUNCT = re.compile(r"[^\w]+$")
-
-
-def strip_punct(piece: str) -> str:
-    """`piece` without punctuation at its two ends (inner apostrophes, hyphens and commas stay)."""
-    return _TRAILING_PUNCT.sub("", _LEADING_PUNCT.sub("", piece))
-
-
-def normalize_word(word: str) -> str:
-    """The form used to compare words: lower case, no punctuation at the ends (`"Babbage,"` -> `"babbage"`)."""
-    return strip_punct(word.lower())
-
-
-def word_set(text: str) -> set[str]:
-    """The normalized words of `text`."""
-    return {w for w in map(normalize_word, text.split()) if w}
 
 
 def split_spans(num_words: int, max_piece_len: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -56,44 +38,6 @@ def read_word_file(path: str) -> list[str]:
     if not words:
         raise ValueError(f"Biasing word file {path} holds no words: give one word or phrase per line.")
     return words
-
-
-class PiecePool:
-    """Distractor candidates: a fixed list (a word file), or a ring buffer of the pieces of the last rows seen."""
-
-    def __init__(self, items: Iterable[str] = (), capacity: int | None = None):
-        self.items: list[str] = list(items)
-        self.capacity = capacity
-        self._next = 0  # slot overwritten next once the buffer is full
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def add(self, pieces: Iterable[str]) -> None:
-        for piece in pieces:
-            if self.capacity is None or len(self.items) < self.capacity:
-                self.items.append(piece)
-            else:
-                self.items[self._next] = piece
-                self._next = (self._next + 1) % self.capacity
-
-    def sample(self, rng: random.Random, k: int, exclude_words: set[str], taken: set[str] = frozenset()) -> list[str]:
-        """Up to `k` distinct pieces none of whose words is in `exclude_words` and not already in `taken`.
-
-        Draws at random with a bounded number of tries, so a pool made mostly of excluded words gives fewer pieces.
-        """
-        chosen: list[str] = []
-        seen = {p.lower() for p in taken}
-        for _ in range(20 * k + 20):
-            if len(chosen) == k or not self.items:
-                break
-            piece = self.items[rng.randrange(len(self.items))]
-            words = [normalize_word(w) for w in piece.split()]
-            if piece.lower() in seen or not any(words) or any(w in exclude_words for w in words):
-                continue
-            seen.add(piece.lower())
-            chosen.append(piece)
-        return chosen
 
 
 @dataclass

@@ -4,8 +4,7 @@ from dataclasses import dataclass, field
 
 from trl.experimental.online_dpo import OnlineDPOConfig
 
-
-ON_ERROR_CHOICES = ("raise", "skip")
+from .skips import ON_ERROR_CHOICES
 
 
 @dataclass
@@ -23,11 +22,11 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
             `on_too_long` says.
         on_too_long (`str`, *optional*, defaults to `"skip"`):
             What to do with a row whose prompt plus `max_new_tokens` exceeds `max_length`: `"skip"` leaves it out of
-            the step with a warning and counts it in `data/skipped_too_long`; `"raise"` stops with an error naming
-            the row.
+            the step with a warning and counts it in `data/skipped/prompt_too_long`; `"raise"` stops with an error
+            naming the row.
         on_error (`str`, *optional*, defaults to `"skip"`):
             What to do with a row whose audio cannot be loaded (missing, unreadable, empty): `"skip"` leaves it out
-            with a warning and counts it in `data/skipped`; `"raise"` stops with an error naming the file.
+            with a warning and counts it in `data/skipped/<reason>`; `"raise"` stops with an error naming the file.
         max_audio_seconds (`float` or `None`, *optional*, defaults to `None`):
             Audio longer than this is treated as a bad row (see `on_error`). `None` accepts any length.
     """
@@ -51,7 +50,8 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
         default="skip",
         metadata={
             "help": "What to do with a row whose prompt plus `max_new_tokens` exceeds `max_length`: 'skip' leaves it "
-            "out of the step with a warning and counts it in `data/skipped_too_long`; 'raise' stops with an error.",
+            "out of the step with a warning and counts it in `data/skipped/prompt_too_long`; 'raise' stops with an "
+            "error.",
             "choices": list(ON_ERROR_CHOICES),
         },
     )
@@ -59,7 +59,8 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
         default="skip",
         metadata={
             "help": "What to do with a row whose audio cannot be loaded (missing, unreadable, empty): 'skip' leaves "
-            "it out with a warning and counts it in `data/skipped`; 'raise' stops with an error naming the file.",
+            "it out with a warning and counts it in `data/skipped/<reason>`; 'raise' stops with an error naming the "
+            "file.",
             "choices": list(ON_ERROR_CHOICES),
         },
     )

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import jiwer
 
-from .biasing import DISTRACTOR_POOL_SIZE, PiecePool, strip_punct, word_set
+from .text import DISTRACTOR_POOL_SIZE, PiecePool, strip_punct, word_set
 
 
 OPERATIONS = ("substitute", "delete", "insert")

@@ -1,4 +1,4 @@
-"""Transcription evaluation: greedy batched transcripts of dataset rows, and their WER, B-WER and U-WER."""
+"""Transcription evaluation: greedy batched transcripts of dataset rows, their WER, B-WER and U-WER, and a report."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .prompt_inputs import (
     render_prompts,
     to_model_inputs,
 )
-from .rewards import normalize_text
+from .text import bias_word_set, normalize_transcript
 
 
 def transcribe(
@@ -65,21 +65,16 @@ def transcribe(
     return transcripts
 
 
-def bias_word_set(keywords: Sequence[str]) -> set[str]:
-    """The normalized words of a row's keywords: `["Ada Lovelace", "moth"]` -> `{"ada", "lovelace", "moth"}`."""
-    return {word for keyword in keywords for word in normalize_text(keyword).split()}
-
-
 def evaluate_transcripts(
     hypotheses: Sequence[str], references: Sequence[str], keywords_per_row: Sequence[Sequence[str]] | None = None
 ) -> dict[str, float | int]:
     """Corpus-level WER of `hypotheses` against `references`, split into biased and unbiased words.
 
-    Both sides are normalized with `normalize_text` and aligned row by row with jiwer (minimum edit distance, each
-    operation costing 1). A row's *bias words* are the normalized words of its keywords (`bias_word_set`), as in the
-    contextual-biasing literature (Le et al., 2021, "Contextualized streaming end-to-end speech recognition with
-    trie-based deep biasing and shallow fusion"); a phrase keyword contributes each of its words, so every occurrence
-    of such a word in the reference counts as biased. Then, summing over rows:
+    Both sides are normalized with `normalize_transcript` and aligned row by row with jiwer (minimum edit distance,
+    each operation costing 1). A row's *bias words* are the normalized words of its keywords (`bias_word_set`), as
+    in the contextual-biasing literature (Le et al., 2021, "Contextualized streaming end-to-end speech recognition
+    with trie-based deep biasing and shallow fusion"); a phrase keyword contributes each of its words, so every
+    occurrence of such a word in the reference counts as biased. Then, summing over rows:
 
     - `wer` = (S + D + I) / N, over all N reference words (errors summed over rows, not an average of row WERs);
     - `b_wer` = (substitutions and deletions of reference words that are bias words, plus insertions of hypothesis
@@ -103,7 +98,7 @@ def evaluate_transcripts(
     )
     for hypothesis, reference, keywords in zip(hypotheses, references, keywords_per_row):
         bias = bias_word_set(keywords)
-        ref_words, hyp_words = normalize_text(reference).split(), normalize_text(hypothesis).split()
+        ref_words, hyp_words = normalize_transcript(reference).split(), normalize_transcript(hypothesis).split()
         counts["ref_words"] += len(ref_words)
         counts["bias_ref_words"] += sum(w in bias for w in ref_words)
         if not ref_words:  # jiwer aligns nothing against an empty reference: every word is inserted
@@ -138,3 +133,32 @@ def evaluate_transcripts(
 
 def _rate(errors: int, words: int) -> float:
     return errors / words if words else math.nan
+
+
+def evaluate_rows(
+    model: torch.nn.Module,
+    processor: Any,
+    rows: Sequence[dict],
+    bias_column: str = "keywords",
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    max_audio_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Greedy transcripts of `rows` (see `transcribe`) scored against their `text` column by `evaluate_transcripts`,
+    with the words of each row's `bias_column` as its bias words: `"keywords"` (the manifest's rare words of the
+    transcript) or `"bias_words"` (the list the biasing prompt shows).
+
+    Returns `{"metrics": <evaluate_transcripts' dict>, "transcripts": [{"id", "hypothesis"}, ...]}`.
+    """
+    hypotheses = transcribe(model, processor, rows, batch_size, max_new_tokens, max_audio_seconds)
+    references, bias = [r["text"] for r in rows], [r[bias_column] for r in rows]
+    metrics = evaluate_transcripts(hypotheses, references, bias)
+    return {"metrics": metrics, "transcripts": [{"id": r["id"], "hypothesis": h} for r, h in zip(rows, hypotheses)]}
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """One line of `evaluate_transcripts`' figures: `WER 12.0%  B-WER 30.0%  U-WER 10.0%  (10 rows, ...)`."""
+    return (
+        f"WER {metrics['wer']:.1%}  B-WER {metrics['b_wer']:.1%}  U-WER {metrics['u_wer']:.1%}  "
+        f"({metrics['num_rows']} rows, {metrics['ref_words']} words of which {metrics['bias_ref_words']} bias words)"
+    )

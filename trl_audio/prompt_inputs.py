@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import Counter
 from typing import Any
 
 import torch
@@ -16,8 +17,8 @@ from .audio_utils import AudioLoadError, load_audio
 
 logger = logging.getLogger(__name__)
 
-# Batch key under which the collator reports how many rows of the batch it left out (bad audio).
-SKIPPED_KEY = "_num_skipped_rows"
+# Batch key under which the collator reports the rows of the batch it left out (bad audio): `{reason: count}`.
+SKIPPED_KEY = "_skipped_rows"
 
 
 def processor_sampling_rate(processing_class: Any) -> int | None:
@@ -46,8 +47,9 @@ def row_name(row: dict, index: int) -> str:
 
 class AudioPromptCollator:
     """Collates dataset rows into one dict of columns, decoding each row's `audio` to a mono waveform at the
-    processor's rate. A row whose audio cannot be loaded is skipped with a warning (and counted in the batch under
-    `SKIPPED_KEY`), or raises naming the row, as `on_error` says."""
+    processor's rate. A row whose audio cannot be loaded is skipped with a warning (and counted by reason in the
+    batch under `SKIPPED_KEY`: collators may run in DataLoader workers, whose own counters nobody would read), or
+    raises naming the row, as `on_error` says."""
 
     def __init__(self, sampling_rate: int | None, on_error: str = "skip", max_audio_seconds: float | None = None):
         self.sampling_rate = sampling_rate
@@ -55,7 +57,7 @@ class AudioPromptCollator:
         self.max_audio_seconds = max_audio_seconds
 
     def __call__(self, features: list[dict]) -> dict[str, Any]:
-        rows, skipped = [], 0
+        rows, skipped = [], Counter()
         for index, row in enumerate(features):
             if row.get("audio") is not None:
                 if self.sampling_rate is None:
@@ -69,12 +71,12 @@ class AudioPromptCollator:
                     if self.on_error == "raise":
                         raise AudioLoadError(f"{row_name(row, index)}: {e}", reason=e.reason) from e
                     logger.warning("Skipping %s: %s", row_name(row, index), e)
-                    skipped += 1
+                    skipped[e.reason] += 1
                     continue
             rows.append(row)
         keys = list(features[0]) if features else []
         batch = {key: [row.get(key) for row in rows] for key in keys}
-        batch[SKIPPED_KEY] = skipped
+        batch[SKIPPED_KEY] = dict(skipped)
         return batch
 
 

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import re
-from functools import cache
 from typing import Any
 
 import jiwer
-from whisper_normalizer.english import EnglishTextNormalizer
 
-
-@cache
-def _normalizer() -> EnglishTextNormalizer:
-    return EnglishTextNormalizer()
-
-
-def normalize_text(text: str) -> str:
-    """Whisper's English normalization (case, punctuation, spelling variants, numbers), whitespace collapsed."""
-    return " ".join(_normalizer()(text).split())
+from .text import normalize_transcript
 
 
 def completion_text(completion: Any) -> str:
@@ -31,7 +21,7 @@ def completion_text(completion: Any) -> str:
 def word_error_rate(hypothesis: str, reference: str) -> float:
     """WER of `hypothesis` against `reference` after normalization. An empty reference gives 0 for an empty
     hypothesis and 1 otherwise (jiwer cannot divide by zero words)."""
-    hypothesis, reference = normalize_text(hypothesis), normalize_text(reference)
+    hypothesis, reference = normalize_transcript(hypothesis), normalize_transcript(reference)
     if not reference:
         return float(bool(hypothesis))
     return jiwer.wer(reference, hypothesis)
@@ -47,8 +37,8 @@ def keyword_recall(hypothesis: str, keywords: list[str]) -> float | None:
     keywords."""
     if not keywords:
         return None
-    hypothesis = f" {normalize_text(hypothesis)} "
-    found = sum(f" {normalize_text(k)} " in hypothesis for k in keywords if normalize_text(k))
+    hypothesis = f" {normalize_transcript(hypothesis)} "
+    found = sum(f" {normalize_transcript(k)} " in hypothesis for k in keywords if normalize_transcript(k))
     return found / len(keywords)
 
 
@@ -62,3 +52,15 @@ def word_count_reward(completions: list[Any], **kwargs: Any) -> list[float]:
     """Minus the number of words of each completion: a reward any model can satisfy (be brief), for tests and demos
     of the training loop itself."""
     return [-float(len(re.findall(r"\S+", completion_text(c)))) for c in completions]
+
+
+# The names `get_reward_funcs` (and the CLI's --reward_funcs) accept.
+REWARD_FUNCS = {"wer": wer_reward, "bias_word_recall": bias_word_recall_reward, "word_count": word_count_reward}
+
+
+def get_reward_funcs(names: list[str]) -> list:
+    """The reward functions called `names` (keys of `REWARD_FUNCS`), in order; raises on an unknown or empty list."""
+    unknown = [name for name in names if name not in REWARD_FUNCS]
+    if unknown or not names:
+        raise ValueError(f"reward_funcs must be names among {list(REWARD_FUNCS)}, got {names}.")
+    return [REWARD_FUNCS[name] for name in names]

@@ -38,7 +38,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from .audio_utils import init_model
+from .modeling import init_model
 
 
 SPEECH_SAMPLE_METADATA = Path(__file__).resolve().parents[1] / "examples/data/speech_sample/metadata.jsonl"

@@ -6,7 +6,6 @@ import inspect
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -37,6 +36,7 @@ from .prompt_inputs import (
     row_name,
     to_model_inputs,
 )
+from .skips import SKIP_REASONS, SkipCounter
 
 
 logger = logging.getLogger(__name__)
@@ -66,10 +66,15 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
 class AudioOnlineDPOTrainer(OnlineDPOTrainer):
     """Online DPO for models that take audio + text prompts (Phi-4-multimodal, Qwen2-Audio, ...).
 
-    Takes the same arguments as TRL's `OnlineDPOTrainer`, plus `judge`: a pairwise judge called as
-    `judge(prompts, completions_a, completions_b, **columns)` that returns, per prompt, 0 (a preferred), 1 (b
-    preferred) or None (no preference). With a judge, the samples are ranked by their wins in a round robin of the
-    judge; `reward_funcs` may then be omitted, and those given are computed and logged only.
+    Takes the same arguments as TRL's `OnlineDPOTrainer`, plus:
+
+    - `judge`: a pairwise judge called as `judge(prompts, completions_a, completions_b, **columns)` that returns, per
+      prompt, 0 (a preferred), 1 (b preferred) or None (no preference). With a judge, the samples are ranked by their
+      wins in a round robin of the judge; `reward_funcs` may then be omitted, and those given are computed and logged
+      only.
+    - `skip_counter`: the `SkipCounter` in which rows left out are counted (bad audio met by the collator, prompts too
+      long for `max_length`); pass the one given to `create_audio_dataset` to log the dataset's skips too. Its counts
+      are logged as `data/skipped/<reason>` and `data/skipped/total`.
 
     A training row has `prompt` (conversational messages whose user content includes `{"type": "audio"}`, or text),
     `audio` (a path, or `{"array", "sampling_rate"}`; absent or None for text-only rows) and any other columns, which
@@ -87,6 +92,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         args: AudioOnlineDPOConfig | None = None,
         judge: PairwiseJudge | Callable[..., list[int | None]] | None = None,
         data_collator: Callable | None = None,
+        skip_counter: SkipCounter | None = None,
         processing_class: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -117,7 +123,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         if placeholder_token_ids(processing_class):
             self.generation_kwargs["suppress_tokens"] = placeholder_token_ids(processing_class)
             self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"]
-        self.skipped = Counter()
+        self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
         self.reward_names = self.reward_func_names + (["judge_wins"] if judge is not None else [])
         for name in self.reward_names:
             self.stats[f"rewards/{name}/mean"] = []
@@ -143,8 +149,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
                 )
                 if self.args.on_too_long == "raise":
                     raise ValueError(message)
-                logger.warning("Skipping %s", message)
-                self.skipped["too_long"] += 1
+                self.skip_counter.add("prompt_too_long", message)
             keep = [i for i, flag in enumerate(too_long) if not flag]
             kept = {key: [values[i] for i in keep] for key, values in inputs.items()}
             return self._prepare_prompt_inputs(kept) if keep else (kept, {})
@@ -249,14 +254,18 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: int | None = None
     ) -> torch.Tensor:
-        # Same as OnlineDPOTrainer.training_step, except that: the prompts' audio goes through the processor and every
-        # pass as one dict; rows with bad audio or too long a prompt are skipped and counted; `num_generations`
-        # samples per prompt give a best-vs-worst pair; tied pairs are left out of the loss; a pairwise judge may rank
-        # the samples; and more metrics are logged.
+        # Same as OnlineDPOTrainer.training_step, except that:
+        # - the prompts' audio goes through the processor, and its outputs through every pass, as one dict;
+        # - rows with bad audio or too long a prompt are skipped and counted in `skip_counter`, never truncated; a
+        #   batch with no row left returns a zero loss without logging anything;
+        # - `num_generations` samples per prompt (TRL: 2) give a best-vs-worst pair, and tied pairs are left out of
+        #   the loss (TRL trains on them as if the first sample won);
+        # - a pairwise judge may rank the samples (round robin) instead of the reward functions;
+        # - metrics are logged by `_log_step_metrics`, where KL and entropy differ from TRL's (see there).
         start_time = time.perf_counter()
         model.train()
         inputs = dict(inputs)
-        self.skipped["bad_audio"] += inputs.pop(SKIPPED_KEY, 0)
+        self.skip_counter.update(inputs.pop(SKIPPED_KEY, {}))
         inputs, prompt_inputs = self._prepare_prompt_inputs(inputs) if inputs["prompt"] else (inputs, {})
         if not prompt_inputs:  # every row of this batch was skipped: nothing to learn from, nothing to average
             return torch.zeros((), device=self.accelerator.device)
@@ -315,7 +324,56 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         )
         loss = mean_over_preferred(losses, tied)
 
-        # Log TRL's metrics, then ours
+        self._log_step_metrics(
+            inputs,
+            rewards,
+            rewards_per_func,
+            (chosen_indices, rejected_indices, tied),
+            logprobs,
+            ref_logprobs,
+            completion_mask,
+            contain_eos_token,
+        )
+
+        if (
+            self.args.torch_empty_cache_steps is not None
+            and self.state.global_step % self.args.torch_empty_cache_steps == 0
+        ):
+            empty_cache()
+        backward_kwargs = {}
+        if self.args.optim in (OptimizerNames.LOMO, OptimizerNames.ADALOMO):  # they need the learning rate explicitly
+            backward_kwargs["learning_rate"] = self._get_learning_rate()
+        if self.args.n_gpu > 1:
+            loss = loss.mean()
+        self.accelerator.backward(loss, **backward_kwargs)
+        self.stats["perf/samples_per_second"].append(batch_size * n / (time.perf_counter() - start_time))
+        return loss.detach() / self.args.gradient_accumulation_steps
+
+    def _log_step_metrics(
+        self,
+        inputs: dict[str, list],
+        rewards: torch.Tensor,
+        rewards_per_func: torch.Tensor,
+        pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        logprobs: torch.Tensor,
+        ref_logprobs: torch.Tensor,
+        completion_mask: torch.Tensor,
+        contain_eos_token: torch.Tensor,
+    ) -> None:
+        """Appends one step's metrics to `self.stats`: TRL's online-DPO metrics, then ours (`rewards/<name>/mean|std`
+        per reward function, `pairs/tied_fraction`, `completions/mean_length`, `audio/seconds`).
+
+        Unlike TRL's, `objective/kl`, `objective/entropy` (and so `objective/non_score_reward` and
+        `objective/rlhf_reward`) sum the per-token terms over the completion tokens only: TRL also sums over the
+        padding after a completion's end, so its KL counts tokens that were never sampled. `pairs` is
+        `(chosen_indices, rejected_indices, tied)` from `select_pairs`.
+        """
+        chosen_indices, rejected_indices, tied = pairs
+        logprobs_sum = (logprobs * completion_mask).sum(1)
+        ref_logprobs_sum = (ref_logprobs * completion_mask).sum(1)
+        chosen_logprobs_sum, rejected_logprobs_sum = logprobs_sum[chosen_indices], logprobs_sum[rejected_indices]
+        chosen_ref_logprobs_sum = ref_logprobs_sum[chosen_indices]
+        rejected_ref_logprobs_sum = ref_logprobs_sum[rejected_indices]
         gather = self.accelerator.gather_for_metrics
         scores_margin = rewards[chosen_indices] - rewards[rejected_indices]
         self.stats["objective/scores_margin"].append(gather(scores_margin.mean()).mean().item())
@@ -345,20 +403,6 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         audio_seconds = sum(len(a) for a in inputs.get("audio") or [] if a is not None) / (self.sampling_rate or 1)
         self.stats["audio/seconds"].append(audio_seconds)
 
-        if (
-            self.args.torch_empty_cache_steps is not None
-            and self.state.global_step % self.args.torch_empty_cache_steps == 0
-        ):
-            empty_cache()
-        backward_kwargs = {}
-        if self.args.optim in (OptimizerNames.LOMO, OptimizerNames.ADALOMO):  # they need the learning rate explicitly
-            backward_kwargs["learning_rate"] = self._get_learning_rate()
-        if self.args.n_gpu > 1:
-            loss = loss.mean()
-        self.accelerator.backward(loss, **backward_kwargs)
-        self.stats["perf/samples_per_second"].append(batch_size * n / (time.perf_counter() - start_time))
-        return loss.detach() / self.args.gradient_accumulation_steps
-
     def _maybe_log_save_evaluate(self, *args, **kwargs):
         # Same as OnlineDPOTrainer._maybe_log_save_evaluate, except that a metric with no value in the logging window
         # (every batch skipped, or all rewards None) is logged as NaN instead of failing on an empty average.
@@ -366,14 +410,11 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         return super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Same as Trainer.log, except that training logs carry the running counts of skipped rows: bad audio met by the
-        # collator, plus the rows `create_audio_dataset` skipped (its `skipped` counter; absent on other datasets).
+        # Same as Trainer.log, except that training logs carry the running counts of `skip_counter`, by reason.
         if "loss" in logs:
-            dataset_skips = getattr(self.train_dataset, "skipped", None)
-            logs["data/skipped"] = self.skipped["bad_audio"] + (
-                dataset_skips.total if dataset_skips is not None else 0
-            )
-            logs["data/skipped_too_long"] = self.skipped["too_long"]
+            logs["data/skipped/total"] = self.skip_counter.total
+            for reason in SKIP_REASONS:
+                logs[f"data/skipped/{reason}"] = self.skip_counter.by_reason[reason]
         super().log(logs, start_time)
 
 

@@ -1,6 +1,6 @@
 """
 The trl-audio demo (`make demo`): online DPO of a small random-weight Phi-4-multimodal on the bundled speech sample,
-through the CLI's `main` (examples/scripts/dpo_online_phi4_multimodal.py), on CPU in about a minute.
+with the library calls the CLI (examples/scripts/dpo_online_phi4_multimodal.py) makes, on CPU in about a minute.
 
 It builds the model offline, then makes two runs and prints their per-step metrics and WER / B-WER before and after:
 1. the real recipe in miniature: LoRA, rewards WER + bias-word recall, 4 samples per clip, biasing prompts;
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import textwrap
 import time
@@ -26,18 +25,19 @@ from typing import Any, TextIO
 
 import torch
 import transformers
+from peft import LoraConfig
 from transformers import TrainerCallback
 
-from trl_audio.audio_dataset import load_dataset_config
+from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
+from trl_audio.audio_dataset import create_audio_dataset, dataset_from_config, load_dataset_config
+from trl_audio.evaluation import evaluate_rows
+from trl_audio.modeling import init_model
+from trl_audio.rewards import get_reward_funcs
+from trl_audio.skips import SkipCounter
 from trl_audio.testing import build_tiny_phi4mm
 
 
-SCRIPTS_DIR = Path(__file__).resolve().parent
-REPO_DIR = SCRIPTS_DIR.parents[1]
-sys.path.insert(0, str(SCRIPTS_DIR))  # the CLI is a script, not a module of the package
-import dpo_online_phi4_multimodal as cli  # noqa: E402
-
-
+REPO_DIR = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = REPO_DIR / "examples/configs/audio_dataset_config.json"
 TEST_TSV = REPO_DIR / "examples/data/speech_sample/test.tsv"
 DEFAULT_OUTPUT_DIR = REPO_DIR / "outputs/demo_phi4_multimodal_dpo"
@@ -85,33 +85,41 @@ class StepTable(TrainerCallback):
             self.out.flush()
 
 
-def run(argv: list[str], log_path: Path, out: TextIO) -> dict[str, Any]:
-    """Parse `argv` with the CLI's parser and call its `main`, sending the trainer's own output to `log_path`."""
-    print(format_command(argv), file=out)
+def run(
+    model_dir: Path,
+    eval_rows: list[dict],
+    reward_names: list[str],
+    peft_config: LoraConfig | None,
+    training_args: AudioOnlineDPOConfig,
+    out: TextIO,
+) -> dict[str, Any]:
+    """One training run on the bundled training split, WER / B-WER before and after on `eval_rows`, as the CLI does;
+    the trainer's own output goes to `<output_dir>.log`. Returns `{"log_history", "eval_before", "eval_after"}`."""
+    log_path = Path(f"{training_args.output_dir}.log")
     print(f"  (full log: {log_path})\n", file=out)
     with (
         open(log_path, "w", encoding="utf-8") as log,
         contextlib.redirect_stdout(log),
         contextlib.redirect_stderr(log),
     ):
-        script_args, training_args, model_args = cli.make_parser().parse_args_and_config(argv)
-        table = StepTable(out, [cli.REWARD_FUNCS[name].__name__ for name in script_args.reward_funcs])
-        return cli.main(script_args, training_args, model_args, callbacks=[table])
-
-
-def format_command(argv: list[str], width: int = 116) -> str:
-    """The CLI call with `argv`, one shell line per ~`width` characters."""
-    groups, lines = [], ["  $ python examples/scripts/dpo_online_phi4_multimodal.py"]
-    for arg in argv:
-        if arg.startswith("--") or not groups:
-            groups.append(arg)
-        else:
-            groups[-1] += f" {arg}"
-    for group in groups:
-        if len(lines[-1]) + len(group) + 3 > width:
-            lines.append("     ")
-        lines[-1] += f" {group}"
-    return " \\\n".join(lines)
+        model, processor = init_model(str(model_dir), speech_lora="merge", dtype="float32")
+        skip_counter = SkipCounter()
+        reward_funcs = get_reward_funcs(reward_names)
+        trainer = AudioOnlineDPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=dataset_from_config(TRAIN_CONFIG, skip_counter=skip_counter),
+            processing_class=processor,
+            peft_config=peft_config,
+            callbacks=[StepTable(out, [f.__name__ for f in reward_funcs])],
+            skip_counter=skip_counter,
+        )
+        evaluate = lambda: evaluate_rows(trainer.model, processor, eval_rows, max_new_tokens=16)  # noqa: E731
+        eval_before = evaluate()
+        trainer.train()
+        trainer.save_model(training_args.output_dir)
+        return {"log_history": trainer.state.log_history, "eval_before": eval_before, "eval_after": evaluate()}
 
 
 def print_eval(result: dict[str, Any], references: dict[str, str], out: TextIO) -> None:
@@ -158,7 +166,7 @@ def run_demo(
     out: TextIO | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build the model, make the two runs (`steps` and `brevity_steps` optimizer steps), print what they show, and
-    return each run's `main` result (`{"asr": ..., "brevity": ...}`)."""
+    return each run's result (`{"asr": ..., "brevity": ...}`, each as `run` returns it)."""
     out = out or sys.stdout
     start = time.perf_counter()
     output_dir = Path(output_dir).resolve()
@@ -170,34 +178,36 @@ def run_demo(
         model_dir = build_tiny_phi4mm(output_dir / "model", size=size)
     # The evaluation set: the bundled test split, with the training config's biasing prompts.
     biasing = load_dataset_config(TRAIN_CONFIG)["biasing"]
-    eval_config = {"dataset_name": "tsv", "tsv_paths": str(TEST_TSV), "on_error": "raise", "biasing": biasing}
-    eval_config_path = output_dir / "eval_dataset_config.json"
-    eval_config_path.write_text(json.dumps(eval_config, indent=2), encoding="utf-8")
-    references = {row["id"]: row["text"] for row in cli.load_dataset(str(eval_config_path))}
-    common = [
-        "--model_name_or_path", str(model_dir),
-        "--dataset_config", str(TRAIN_CONFIG),
-        "--eval_dataset_config", str(eval_config_path),
-        "--per_device_train_batch_size", "2", "--num_generations", "4", "--max_new_tokens", "16",
-        "--activation_checkpointing", "false", "--save_strategy", "no",
-        "--seed", str(seed), "--report_to", "none",
-    ]  # fmt: skip
+    eval_rows = list(create_audio_dataset("tsv", tsv_paths=str(TEST_TSV), on_error="raise", biasing=biasing))
+    references = {row["id"]: row["text"] for row in eval_rows}
+
+    def training_args(name: str, **kwargs: Any) -> AudioOnlineDPOConfig:
+        return AudioOnlineDPOConfig(
+            output_dir=str(output_dir / name),
+            per_device_train_batch_size=2,
+            num_generations=4,
+            max_new_tokens=16,
+            gradient_checkpointing=False,
+            save_strategy="no",
+            seed=seed,
+            report_to="none",
+            bf16=False,
+            disable_tqdm=True,
+            **kwargs,
+        )
 
     print(
         f"1) The recipe in miniature: LoRA, rewards WER + bias-word recall, {steps} steps of 2 clips x 4 samples",
         file=out,
     )
     asr = run(
-        [
-            *common,
-            "--reward_funcs", "wer", "bias_word_recall",
-            "--use_peft", "--lora_target_modules", *LORA_TARGETS,
-            "--learning_rate", "1e-3", "--max_steps", str(steps), "--logging_steps", "1",
-            "--output_dir", str(output_dir / "asr"),
-        ],
-        output_dir / "asr.log",
+        model_dir,
+        eval_rows,
+        ["wer", "bias_word_recall"],
+        LoraConfig(target_modules=LORA_TARGETS, task_type="CAUSAL_LM"),
+        training_args("asr", learning_rate=1e-3, max_steps=steps, logging_steps=1),
         out,
-    )  # fmt: skip
+    )
     print_eval(asr, references, out)
     say(
         "Samples of a random model all get WER ~100% and recall 0, so the 4 samples of a clip tie "
@@ -212,16 +222,15 @@ def run_demo(
         file=out,
     )
     brevity = run(
-        [
-            *common,
-            "--reward_funcs", "word_count",
-            "--learning_rate", "5e-3", "--max_steps", str(brevity_steps),
-            "--logging_steps", str(max(1, brevity_steps // 10)),
-            "--output_dir", str(output_dir / "brevity"),
-        ],
-        output_dir / "brevity.log",
+        model_dir,
+        eval_rows,
+        ["word_count"],
+        None,
+        training_args(
+            "brevity", learning_rate=5e-3, max_steps=brevity_steps, logging_steps=max(1, brevity_steps // 10)
+        ),
         out,
-    )  # fmt: skip
+    )
     print_eval(brevity, references, out)
     rewards = logged(brevity, "rewards/word_count_reward/mean")
     say(
@@ -237,7 +246,7 @@ def run_demo(
         print(f"  {name:<7}{note}", file=out)
     print(
         "B-WER is the error rate on the words of each clip's keywords (its rare words), U-WER on the other words.\n"
-        f"Models, eval_results.json and logs are in {output_dir}. Took {time.perf_counter() - start:.0f} s.",
+        f"Models and logs are in {output_dir}. Took {time.perf_counter() - start:.0f} s.",
         file=out,
     )
     return {"asr": asr, "brevity": brevity}

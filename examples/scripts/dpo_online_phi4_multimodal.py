@@ -40,23 +40,22 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from accelerate import PartialState
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
-from trl_audio.audio_dataset import SOURCES, create_audio_dataset, load_dataset_config
-from trl_audio.audio_utils import SPEECH_LORA_MODES, init_model
-from trl_audio.evaluation import evaluate_transcripts, transcribe
-from trl_audio.rewards import bias_word_recall_reward, wer_reward, word_count_reward
+from trl_audio.audio_dataset import SOURCES, dataset_from_config
+from trl_audio.evaluation import evaluate_rows, format_metrics
+from trl_audio.modeling import SPEECH_LORA_MODES, init_model
+from trl_audio.rewards import REWARD_FUNCS, get_reward_funcs
+from trl_audio.skips import SkipCounter
 
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "audio_dataset_config.json")
-REWARD_FUNCS = {"wer": wer_reward, "bias_word_recall": bias_word_recall_reward, "word_count": word_count_reward}
 
 
 @dataclass
@@ -137,42 +136,11 @@ class ScriptArguments:
     )
 
     def __post_init__(self):
-        unknown = [name for name in self.reward_funcs if name not in REWARD_FUNCS]
-        if unknown or not self.reward_funcs:
-            raise ValueError(f"reward_funcs must be names among {list(REWARD_FUNCS)}, got {self.reward_funcs}.")
+        get_reward_funcs(self.reward_funcs)  # fails on unknown names before any model loads
         if self.speech_lora not in SPEECH_LORA_MODES:
             raise ValueError(f"speech_lora must be one of {SPEECH_LORA_MODES}, got {self.speech_lora!r}.")
         if self.dataset_name is not None and self.dataset_name not in SOURCES:
             raise ValueError(f"dataset_name must be one of {list(SOURCES)} or None, got {self.dataset_name!r}.")
-
-
-def load_dataset(config_path: str, dataset_name: str | None = None):
-    """The dataset a JSON config describes (`create_audio_dataset(**load_dataset_config(path))`), with its source
-    replaced by `dataset_name` when given."""
-    config = load_dataset_config(config_path)
-    if dataset_name is not None:
-        config["dataset_name"] = dataset_name
-    return create_audio_dataset(**config)
-
-
-def evaluate(
-    model, processor, rows: list[dict] | None, script_args: ScriptArguments, training_args: AudioOnlineDPOConfig
-) -> dict[str, Any] | None:
-    """Greedy transcripts of `rows` and their WER / B-WER / U-WER (bias words: the words of each row's
-    `script_args.eval_bias_column`); None without rows."""
-    if not rows:
-        return None
-    hypotheses = transcribe(
-        model,
-        processor,
-        rows,
-        batch_size=training_args.per_device_eval_batch_size,
-        max_new_tokens=training_args.max_new_tokens,
-        max_audio_seconds=training_args.max_audio_seconds,
-    )
-    references, bias = [r["text"] for r in rows], [r[script_args.eval_bias_column] for r in rows]
-    metrics = evaluate_transcripts(hypotheses, references, bias)
-    return {"metrics": metrics, "transcripts": [{"id": r["id"], "hypothesis": h} for r, h in zip(rows, hypotheses)]}
 
 
 def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, model_args: ModelConfig, callbacks=None):
@@ -199,23 +167,37 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
         # TRL's PEFT reference (adapter disabled) would be the model without its speech ability: load the merged one.
         ref_model = init_model(model_args.model_name_or_path, speech_lora="merge", **load_kwargs)[0]
 
-    train_dataset = load_dataset(script_args.dataset_config, script_args.dataset_name)
-    eval_rows = list(load_dataset(script_args.eval_dataset_config)) if script_args.eval_dataset_config else None
+    skip_counter = SkipCounter()
+    train_dataset = dataset_from_config(script_args.dataset_config, script_args.dataset_name, skip_counter)
+    eval_rows = list(dataset_from_config(script_args.eval_dataset_config)) if script_args.eval_dataset_config else []
     trainer = AudioOnlineDPOTrainer(
         model=model,
         ref_model=ref_model,
-        reward_funcs=[REWARD_FUNCS[name] for name in script_args.reward_funcs],
+        reward_funcs=get_reward_funcs(script_args.reward_funcs),
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
         peft_config=get_peft_config(model_args),
         callbacks=callbacks,
+        skip_counter=skip_counter,
     )
-    # Evaluated through the trainer's model, which sits on the training device; a fresh LoRA starts as a no-op, so
-    # this is the initial policy.
-    eval_before = evaluate(trainer.model, processor, eval_rows, script_args, training_args)
-    if eval_before:
-        logger.info("Before training: %s", format_metrics(eval_before["metrics"]))
+
+    def evaluate():  # through the trainer's model, on the training device
+        if not eval_rows:
+            return None
+        result = evaluate_rows(
+            trainer.model,
+            processor,
+            eval_rows,
+            bias_column=script_args.eval_bias_column,
+            batch_size=training_args.per_device_eval_batch_size,
+            max_new_tokens=training_args.max_new_tokens,
+            max_audio_seconds=training_args.max_audio_seconds,
+        )
+        logger.info("WER on the evaluation set: %s", format_metrics(result["metrics"]))
+        return result
+
+    eval_before = evaluate()  # a fresh LoRA starts as a no-op, so this is the initial policy
 
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # The processor is saved with the weights. With PEFT the weights are the adapter only: load it on top of
@@ -223,9 +205,8 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
     trainer.save_model(training_args.output_dir)
     logger.info("Saved the model and processor to %s", training_args.output_dir)
 
-    eval_after = evaluate(trainer.model, processor, eval_rows, script_args, training_args)
+    eval_after = evaluate()
     if eval_after:
-        logger.info("After training: %s", format_metrics(eval_after["metrics"]))
         if trainer.accelerator.is_main_process:
             path = os.path.join(training_args.output_dir, "eval_results.json")
             with open(path, "w", encoding="utf-8") as f:
@@ -235,13 +216,6 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
     results = {"log_history": trainer.state.log_history, "eval_before": eval_before, "eval_after": eval_after}
     trainer.end()
     return results
-
-
-def format_metrics(metrics: dict[str, Any]) -> str:
-    return (
-        f"WER {metrics['wer']:.1%}  B-WER {metrics['b_wer']:.1%}  U-WER {metrics['u_wer']:.1%}  "
-        f"({metrics['num_rows']} rows, {metrics['ref_words']} words of which {metrics['bias_ref_words']} bias words)"
-    )
 
 
 def make_parser() -> TrlParser:

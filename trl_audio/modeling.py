@@ -1,0 +1,94 @@
+"""Model loading: an audio LLM and its processor through the native transformers classes, with Phi-4-multimodal's
+speech LoRA merged, trained or left off (`init_model`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+
+logger = logging.getLogger(__name__)
+
+SPEECH_LORA_MODES = ("merge", "train", "off")
+
+
+def init_model(
+    model_id: str,
+    speech_lora: str = "merge",
+    dtype: str | Any = "auto",
+    attn_implementation: str | None = None,
+    device_map: str | dict | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    quantization_config: Any = None,
+    speech_lora_subfolder: str = "speech-lora",
+):
+    """Loads an audio LLM and its processor with the native transformers classes; returns `(model, processor)`.
+
+    `model_id` is a hub id or a local directory. A Phi-4-multimodal checkpoint carries its speech ability in a LoRA
+    adapter (`speech-lora/`), which `speech_lora` handles:
+
+    - `"merge"` (default): load the adapter and merge it into the weights. The result is a plain model; a fresh LoRA
+      can be trained on top (`peft_config`), and the trainer's reference (adapter disabled) is the merged model.
+    - `"train"`: keep the speech adapter as a trainable PEFT adapter (named `speech`). Disabling it would remove the
+      speech ability, so give the trainer an explicit reference: `init_model(model_id, speech_lora="merge")[0]`.
+    - `"off"`: ignore the adapter.
+
+    Other audio LLMs (Qwen2-Audio, Voxtral, Granite-Speech, Gemma 3n, ...) load through the Auto classes; for them
+    `speech_lora` must be `"off"` unless their checkpoint has a `speech_lora_subfolder` too. `dtype`,
+    `attn_implementation`, `device_map`, `revision` and `quantization_config` go to `from_pretrained` unchanged.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM, AutoProcessor
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
+
+    if speech_lora not in SPEECH_LORA_MODES:
+        raise ValueError(f"speech_lora must be one of {SPEECH_LORA_MODES}, got {speech_lora!r}.")
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    hub_kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    config = AutoConfig.from_pretrained(model_id, **hub_kwargs)
+    is_multimodal = config.model_type in MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
+    auto_class = AutoModelForMultimodalLM if is_multimodal else AutoModelForCausalLM
+    model_kwargs = {"dtype": dtype, "device_map": device_map, "quantization_config": quantization_config}
+    if attn_implementation is not None:
+        model_kwargs["attn_implementation"] = attn_implementation
+    model = auto_class.from_pretrained(model_id, config=config, **hub_kwargs, **model_kwargs)
+    processor = AutoProcessor.from_pretrained(model_id, **hub_kwargs)
+    if processor.chat_template is None and getattr(processor.tokenizer, "chat_template", None):
+        # Phi4MultimodalProcessor drops its chat template on load (transformers 5.24); the tokenizer keeps a copy.
+        processor.chat_template = processor.tokenizer.chat_template
+    if speech_lora != "off":
+        model = load_speech_lora(model, model_id, speech_lora_subfolder, revision, trainable=speech_lora == "train")
+        if speech_lora == "merge":
+            model = model.merge_and_unload()
+            if quantization_config is None:  # PEFT froze the base weights; merged, they are a plain model again
+                model.requires_grad_(True)
+    logger.info("Loaded %s (%s) with speech_lora=%s", model_id, type(model).__name__, speech_lora)
+    return model, processor
+
+
+def load_speech_lora(model, model_id: str, subfolder: str, revision: str | None = None, trainable: bool = False):
+    """Wraps `model` in a PEFT model holding the checkpoint's speech LoRA adapter (named `speech`).
+
+    Phi-4-MM's hub adapter was written by transformers' conversion script without PEFT's `base_model.model.` key
+    prefix, which `PeftModel.from_pretrained` silently fails to match (the adapter then stays at its random init). So
+    the weights are loaded here under either layout, and an adapter whose weights do not all land is an error.
+    """
+    from peft import LoraConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
+
+    config = LoraConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
+    config.inference_mode = not trainable
+    weights = load_peft_weights(model_id, subfolder=subfolder, revision=revision)
+    prefix = "base_model.model."
+    weights = {key if key.startswith(prefix) else prefix + key: value for key, value in weights.items()}
+    model = get_peft_model(model, config, adapter_name="speech")
+    result = set_peft_model_state_dict(model, weights, adapter_name="speech")
+    expected = {name for name, _ in model.named_parameters() if ".speech." in name}
+    if result.unexpected_keys or len(weights) != len(expected):
+        raise ValueError(
+            f"The speech adapter in {model_id}/{subfolder} does not fit the model: {len(weights)} tensors for "
+            f"{len(expected)} adapter parameters; unexpected keys such as {result.unexpected_keys[:3]}. "
+            "Check that the adapter belongs to this checkpoint (and revision)."
+        )
+    return model
