@@ -1,5 +1,6 @@
-"""Tests of `trl_audio.testing`: the tiny checkpoints load with the native transformers classes, hear the audio,
-generate, train, and rebuild identically from the same seed."""
+"""Tests of `trl_audio.testing`: the tiny Phi-4-multimodal, Qwen2-Audio and GLM-ASR checkpoints load with the native
+transformers classes, hear the audio, generate, train, and rebuild identically from the same seed. Tests taking
+`family` run on each entry of `FAMILIES`; the others check what differs by family."""
 
 import json
 from pathlib import Path
@@ -14,6 +15,8 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMultimodalLM,
     AutoProcessor,
+    GlmAsrForConditionalGeneration,
+    GlmAsrProcessor,
     Phi4MultimodalFeatureExtractor,
     Phi4MultimodalForCausalLM,
     Phi4MultimodalProcessor,
@@ -23,7 +26,7 @@ from transformers import (
 )
 
 import trl_audio.testing
-from trl_audio.testing import build_tiny_phi4mm, build_tiny_qwen2_audio, load_tiny
+from trl_audio.testing import build_tiny_glm_asr, build_tiny_phi4mm, build_tiny_qwen2_audio, load_tiny
 
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples/data/speech_sample"
@@ -43,8 +46,7 @@ FAMILIES = {
             "audio_embed_sizes",
             "audio_attention_mask",
         },
-        "text_prefix": "model.layers.",
-        "audio_prefix": "model.embed_tokens_extend.audio_embed.encoder.",
+        "trained_prefixes": ["model.layers.", "model.embed_tokens_extend.audio_embed.encoder."],
         "stop_tokens": ["<|end|>", "<|endoftext|>"],
     },
     "qwen2_audio": {
@@ -54,9 +56,18 @@ FAMILIES = {
         "processor_class": Qwen2AudioProcessor,
         "audio_processor": ("feature_extractor", WhisperFeatureExtractor),
         "processor_keys": {"input_ids", "attention_mask", "input_features", "feature_attention_mask"},
-        "text_prefix": "model.language_model.layers.",
-        "audio_prefix": "model.audio_tower.",
+        "trained_prefixes": ["model.language_model.layers.", "model.audio_tower."],
         "stop_tokens": ["<|endoftext|>", "<|im_end|>"],
+    },
+    "glm_asr": {
+        "fixture": "tiny_glm_asr_dir",
+        "build": build_tiny_glm_asr,
+        "model_class": GlmAsrForConditionalGeneration,
+        "processor_class": GlmAsrProcessor,
+        "audio_processor": ("feature_extractor", WhisperFeatureExtractor),
+        "processor_keys": {"input_ids", "attention_mask", "input_features", "input_features_mask"},
+        "trained_prefixes": ["model.language_model.layers.", "model.multi_modal_projector.", "model.audio_tower."],
+        "stop_tokens": ["<|endoftext|>", "<|user|>", "<|observation|>"],
     },
 }
 MESSAGES = [
@@ -79,10 +90,13 @@ def read_clip(path):
 
 
 def prompt_inputs(processor, clips, **kwargs):
+    """One prompt per clip (GLM-ASR's processor takes exactly one clip per text), padding only the text unless told a
+    `padding`, as `trl_audio.prompt_inputs` does: a `padding=True` for the whole call also reaches the audio feature
+    extractor, which GLM-ASR's 30 s windows must not see (`test_glm_asr_encoder_sees_padding_unless_...`)."""
     text = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
-    return processor(
-        text=[text] * len(clips), audio=clips, sampling_rate=16000, return_tensors="pt", padding=True, **kwargs
-    )
+    if "padding" not in kwargs:
+        kwargs = {"text_kwargs": {"padding": True}} | kwargs
+    return processor(text=[text] * len(clips), audio=clips, sampling_rate=16000, return_tensors="pt", **kwargs)
 
 
 def test_loads_with_native_classes(family):
@@ -128,7 +142,19 @@ def test_qwen2_audio_auto_classes(tiny_qwen2_audio_dir):
         AutoModelForCausalLM.from_pretrained(tiny_qwen2_audio_dir)
 
 
-def test_chat_templates(tiny_phi4mm_dir, tiny_qwen2_audio_dir):
+def test_glm_asr_auto_classes(tiny_glm_asr_dir):
+    model, processor = load_tiny(tiny_glm_asr_dir)
+    assert processor.feature_extractor.feature_size == model.config.audio_config.num_mel_bins == 128
+    assert model.config.audio_token_id == processor.audio_token_id
+    # GlmAsrProcessor keeps its chat template on load (unlike Phi-4-MM's), so init_model needs no workaround for it.
+    assert AutoProcessor.from_pretrained(tiny_glm_asr_dir).chat_template is not None
+    assert type(AutoModelForMultimodalLM.from_pretrained(tiny_glm_asr_dir)) is GlmAsrForConditionalGeneration
+    with pytest.raises(ValueError, match="Unrecognized configuration class"):
+        AutoModelForCausalLM.from_pretrained(tiny_glm_asr_dir)
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # tied, as GlmAsrConfig defaults
+
+
+def test_chat_templates(tiny_phi4mm_dir, tiny_qwen2_audio_dir, tiny_glm_asr_dir):
     _, phi = load_tiny(tiny_phi4mm_dir)
     assert phi.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False) == (
         "<|system|>Transcribe.<|end|><|user|><|audio|>What is said?<|end|><|assistant|>"
@@ -145,6 +171,15 @@ def test_chat_templates(tiny_phi4mm_dir, tiny_qwen2_audio_dir):
     assert qwen.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False) == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
     )
+    _, glm = load_tiny(tiny_glm_asr_dir)
+    assert glm.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False) == (
+        "<|system|>\nTranscribe.<|user|>\n<|begin_of_audio|><|pad|><|end_of_audio|>\nWhat is said?<|assistant|>\n"
+    )
+    # the trainer's normalized audio parts carry an `audio` key; the template renders them the same
+    audio_part = [{"role": "user", "content": [{"type": "audio", "audio": True}, {"type": "text", "text": "Hi"}]}]
+    assert glm.apply_chat_template(audio_part, tokenize=False) == (
+        "<|user|>\n<|begin_of_audio|><|pad|><|end_of_audio|>\nHi"
+    )
 
 
 def test_processor_batches_clips_with_left_padding(family):
@@ -155,9 +190,15 @@ def test_processor_batches_clips_with_left_padding(family):
     n_audio_tokens = (batch["input_ids"] == processor.audio_token_id).sum(1)
     if "audio_embed_sizes" in batch:
         assert n_audio_tokens.tolist() == batch["audio_embed_sizes"].tolist()
-    else:  # Qwen2-Audio: two stride-2 stages over the unpadded mel frames
+    elif "feature_attention_mask" in batch:  # Qwen2-Audio: two stride-2 stages over the unpadded mel frames
         frames = batch["feature_attention_mask"].sum(-1)
         assert n_audio_tokens.tolist() == ((((frames - 1) // 2 + 1) - 2) // 2 + 1).tolist()
+    else:  # GLM-ASR
+        assert batch["input_features"].shape == (2, 128, 3000)  # one 30 s window per clip
+        frames = batch["input_features_mask"].sum(-1)
+        assert frames.tolist() == [-(-len(read_clip(path)) // 160) for path in (CLIP_LONG, CLIP_SHORT)]  # 10 ms hops
+        # a stride-2 conv, then 4 encoder frames per audio token
+        assert n_audio_tokens.tolist() == ((((frames - 1) // 2 + 1) - 4) // 4 + 1).tolist()
     assert n_audio_tokens[0] > n_audio_tokens[1] > 0
     assert batch["attention_mask"][:, -1].all() and not batch["attention_mask"][1, 0]
 
@@ -172,7 +213,7 @@ def test_left_padded_row_matches_unbatched(family):
         add_generation_prompt=True,
         tokenize=False,
     )
-    kwargs = {"sampling_rate": 16000, "return_tensors": "pt", "padding": True, "padding_side": "left"}
+    kwargs = {"sampling_rate": 16000, "return_tensors": "pt", "text_kwargs": {"padding": True}, "padding_side": "left"}
     batch = processor(text=[long_prompt, short_prompt], audio=[clip, clip], **kwargs)
     alone = processor(text=[short_prompt], audio=[clip], **kwargs)
     assert not batch["attention_mask"][1].all()
@@ -212,6 +253,24 @@ def test_phi4mm_audio_encoder_sees_padding(tiny_phi4mm_dir):
     assert not torch.allclose(batched, unbatched, rtol=1e-4, atol=1e-5)
 
 
+def test_glm_asr_encoder_sees_padding_unless_clips_keep_their_30s_windows(tiny_glm_asr_dir):
+    """GLM-ASR's encoder does not mask padding frames. The processor pads each clip to a 30 s window (as GLM-ASR's
+    reference code does), so a clip's embeddings do not depend on its batch; but a `padding=True` passed to the
+    processor as a whole also reaches the feature extractor, which then pads to the batch's longest clip: the audio
+    embeddings change with the batch, and the model fails to reshape the encoder output when the longest clip's
+    encoder frames are not a multiple of 4. `text_kwargs={"padding": True}` pads only the text. If the `padding=True`
+    case fails, GlmAsrProcessor now keeps the 30 s windows and the caveat is gone."""
+    model, processor = load_tiny(tiny_glm_asr_dir)
+    clips, short = [read_clip(CLIP_LONG), read_clip(CLIP_SHORT)], read_clip(CLIP_SHORT)
+    with torch.no_grad():
+        for kwargs, batch_invariant in [({"text_kwargs": {"padding": True}}, True), ({"padding": True}, False)]:
+            batch = prompt_inputs(processor, clips, padding_side="left", **kwargs)
+            alone = prompt_inputs(processor, [short], padding_side="left", **kwargs)
+            assert (batch["input_features"].shape[-1] == 3000) == batch_invariant
+            difference = (model(**batch).logits[1, -1] - model(**alone).logits[0, -1]).abs().max()
+            assert (difference < 1e-5) == batch_invariant, kwargs
+
+
 def test_generates_from_a_clip(family):
     _, save_dir = family
     model, processor = load_tiny(save_dir)
@@ -232,25 +291,26 @@ def test_backward_reaches_text_model_and_audio_encoder(family):
     labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == processor.audio_token_id, -100)
     model(**inputs, labels=labels).loss.backward()
 
-    def grad_norm(prefix):
+    for prefix in spec["trained_prefixes"]:  # the text model, the audio encoder (and GLM-ASR's projector)
         grads = [
             p.grad.norm() for name, p in model.named_parameters() if name.startswith(prefix) and p.grad is not None
         ]
-        return torch.stack(grads).sum().item() if grads else 0.0
-
-    assert grad_norm(spec["text_prefix"]) > 0
-    assert grad_norm(spec["audio_prefix"]) > 0
+        assert grads and torch.stack(grads).sum() > 0, prefix
 
 
 def test_audio_reaches_the_model(family):
     _, save_dir = family
     model, processor = load_tiny(save_dir)
     clip = read_clip(CLIP_SHORT)
-    speech, silence = prompt_inputs(processor, [clip]), prompt_inputs(processor, [np.zeros_like(clip)])
-    assert torch.equal(speech["input_ids"], silence["input_ids"])
+    other = read_clip(CLIP_LONG)[: len(clip)]  # same length, so the same prompt tokens
+    speech = prompt_inputs(processor, [clip])
     with torch.no_grad():
-        difference = (model(**speech).logits[0, -1] - model(**silence).logits[0, -1]).abs().max()
-    assert difference > 1e-3
+        logits = model(**speech).logits[0, -1]
+        assert torch.equal(logits, model(**prompt_inputs(processor, [clip])).logits[0, -1])
+        for different_clip in (np.zeros_like(clip), other):
+            different = prompt_inputs(processor, [different_clip])
+            assert torch.equal(speech["input_ids"], different["input_ids"])
+            assert (logits - model(**different).logits[0, -1]).abs().max() > 1e-3
 
 
 def test_speech_lora_loads_and_changes_logits(tiny_phi4mm_dir):
@@ -283,7 +343,7 @@ def test_same_seed_same_files_other_seed_other_weights(family, tmp_path):
     other = spec["build"](tmp_path / "other", seed=1)
     assert torch.equal(torch.get_rng_state(), rng_state), "building must not move the caller's RNG"
 
-    files = ["model.safetensors", "tokenizer.json", "config.json"]
+    files = ["model.safetensors", "tokenizer.json", "config.json", "processor_config.json"]
     if (save_dir / "speech-lora").is_dir():
         files.append("speech-lora/adapter_model.safetensors")
     for name in files:
@@ -312,11 +372,17 @@ def test_overrides_and_sizes(tmp_path):
     assert model.config.text_config.num_hidden_layers == 3
     assert model.config.audio_config.encoder_layers == 2
 
-    for build in (build_tiny_phi4mm, build_tiny_qwen2_audio):
+    glm = build_tiny_glm_asr(tmp_path / "glm", num_hidden_layers=3, audio_config={"num_hidden_layers": 2})
+    model, _ = load_tiny(glm)
+    assert model.config.text_config.num_hidden_layers == len(model.model.language_model.layers) == 3
+    assert model.config.audio_config.num_hidden_layers == len(model.model.audio_tower.layers) == 2
+
+    for build in (build_tiny_phi4mm, build_tiny_qwen2_audio, build_tiny_glm_asr):
         model, _ = load_tiny(build(tmp_path / f"{build.__name__}_small", size="small"))
         assert 1_000_000 < model.num_parameters() < 10_000_000
-    with pytest.raises(ValueError, match="size='huge'"):
-        build_tiny_phi4mm(tmp_path / "huge", size="huge")
+    for build in (build_tiny_phi4mm, build_tiny_glm_asr):
+        with pytest.raises(ValueError, match="size='huge'"):
+            build(tmp_path / "huge", size="huge")
 
 
 def test_tokenizer_corpus(tmp_path, monkeypatch):
