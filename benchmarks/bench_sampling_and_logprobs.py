@@ -24,7 +24,7 @@ import torch
 from datasets import Dataset
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
-from trl_audio.prompt_inputs import SKIPPED_KEY, repeat_batch, to_model_inputs
+from trl_audio.prompt_inputs import SKIPPED_KEY, select_rows, to_model_inputs
 from trl_audio.testing import build_tiny_phi4mm, load_tiny
 from trl_audio.trainer import accepts_logits_to_keep
 
@@ -81,8 +81,9 @@ def main():
         )
         batch = trainer.data_collator(rows)
         batch.pop(SKIPPED_KEY)
-        _, prompt_inputs = trainer._prepare_prompt_inputs(batch)
+        kept, prompt_inputs = trainer._prepare_prompt_inputs(batch)
         inputs = to_model_inputs(model, prompt_inputs)
+        clips = list(range(len(rows)))
         # Every sample runs to max_new_tokens, so both variants generate the same number of tokens.
         generation_config = copy.deepcopy(trainer.generation_config)
         generation_config.min_new_tokens = args.max_new_tokens
@@ -91,22 +92,24 @@ def main():
 
         def batched():
             with torch.no_grad():
-                model.generate(**repeat_batch(inputs, n), **generation)
+                model.generate(**select_rows(inputs, clips * n, clips), **generation)
 
         def sequential():
             with torch.no_grad():
                 for _ in range(n):
                     model.generate(**inputs, **generation)
 
-        prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal = trainer._generate(model, prompt_inputs)
+        prompts = trainer._prompt_batch(prompt_inputs, kept["audio"])
+        prompt_ids, _, completion_ids, completion_mask = trainer._generate(model, prompts)
+        samples = clips * n
 
         def forward_completion_logits():
             with torch.no_grad():
-                trainer._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal)
+                trainer._forward(model, prompts, samples, completion_ids, completion_mask)
 
         def forward_all_logits():
             with torch.no_grad(), mock.patch("trl_audio.trainer.accepts_logits_to_keep", return_value=False):
-                trainer._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal)
+                trainer._forward(model, prompts, samples, completion_ids, completion_mask)
 
         assert accepts_logits_to_keep(model)
         results = dict(

@@ -16,7 +16,7 @@ from trl_audio.prompt_inputs import (
     process_prompts,
     processor_sampling_rate,
     render_prompts,
-    repeat_batch,
+    select_rows,
 )
 
 
@@ -43,12 +43,17 @@ def processor(tiny_phi4mm_dir):
     return processor
 
 
-def test_repeat_batch_keeps_trl_block_layout():
-    inputs = {"input_ids": torch.tensor([[1, 2], [3, 4]]), "audio_embed_sizes": torch.tensor([7]), "names": ["a"]}
-    out = repeat_batch(inputs, 3)
-    assert out["input_ids"][:, 0].tolist() == [1, 3, 1, 3, 1, 3]
-    assert out["audio_embed_sizes"].tolist() == [7, 7, 7]
-    assert out["names"] == ["a", "a", "a"]
+def test_select_rows_indexes_rows_by_row_and_features_by_clip():
+    # rows 0 and 2 carry a clip (features 10 and 20), row 1 is text-only
+    inputs = {"input_ids": torch.tensor([[1, 2], [3, 4], [5, 6]]), "audio_embed_sizes": torch.tensor([10, 20])}
+    out = select_rows(inputs, [2, 0, 1, 2], audio_rows=[0, 2])
+    assert out["input_ids"][:, 0].tolist() == [5, 1, 3, 5]
+    assert out["audio_embed_sizes"].tolist() == [20, 10, 20]  # the clips of the selected audio rows, in their order
+    # TRL's block layout for N samples: all prompts, then all prompts again
+    out = select_rows(
+        {"input_ids": inputs["input_ids"][:2], "audio_embed_sizes": torch.tensor([7, 8])}, [0, 1] * 3, [0, 1]
+    )
+    assert out["input_ids"][:, 0].tolist() == [1, 3, 1, 3, 1, 3] and out["audio_embed_sizes"].tolist() == [7, 8] * 3
 
 
 def test_normalize_prompt_shapes_parts_for_chat_templates():

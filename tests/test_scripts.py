@@ -56,12 +56,7 @@ def test_phi4mm_recipe_values():
         [] if is_torch_bf16_gpu_available() else ["--bf16", "false"]
     ))  # fmt: skip
     assert model_args.model_name_or_path == "microsoft/Phi-4-multimodal-instruct"
-    assert model_args.use_peft and model_args.lora_target_modules == [
-        "qkv_proj",
-        "o_proj",
-        "gate_up_proj",
-        "down_proj",
-    ]
+    assert model_args.use_peft and model_args.lora_target_modules is None  # the text decoder's (main picks them)
     assert script_args.speech_lora == "merge" and script_args.reward_funcs == ["wer", "bias_word_recall"]
     assert training_args.num_generations == 4 and training_args.gradient_checkpointing
 
@@ -113,10 +108,7 @@ def tiny_run_args(model_dir, output_dir, *extra):
 
 
 def test_main_trains_evaluates_saves_and_the_adapter_loads_back(tiny_phi4mm_dir, eval_config, tmp_path):
-    argv = tiny_run_args(
-        tiny_phi4mm_dir, tmp_path, "--eval_dataset_config", str(eval_config),
-        "--use_peft", "--lora_target_modules", "qkv_proj", "o_proj", "gate_up_proj", "down_proj",
-    )  # fmt: skip
+    argv = tiny_run_args(tiny_phi4mm_dir, tmp_path, "--eval_dataset_config", str(eval_config), "--use_peft")
     results = cli.main(*parse(argv))
 
     steps = [logs for logs in results["log_history"] if "loss" in logs]
@@ -132,8 +124,16 @@ def test_main_trains_evaluates_saves_and_the_adapter_loads_back(tiny_phi4mm_dir,
     # The saved LoRA sits on top of the merged speech adapter, and the processor next to it
     base, processor = init_model(str(tiny_phi4mm_dir), speech_lora="merge", dtype="float32")
     model = PeftModel.from_pretrained(base, str(tmp_path))
-    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
-    assert lora_b and any(p.abs().sum() > 0 for p in lora_b), "the adapter was saved untrained"
+    lora_b = {name: p for name, p in model.named_parameters() if "lora_B" in name}
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b.values()), "the adapter was saved untrained"
+    # --use_peft alone: the LoRA sits on every projection of the text decoder, none of the audio encoder
+    assert {name.split(".lora_B")[0].split(".")[-1] for name in lora_b} == {
+        "qkv_proj",
+        "o_proj",
+        "gate_up_proj",
+        "down_proj",
+    }
+    assert not any("audio" in name for name in lora_b)
     # (Phi4MultimodalProcessor drops its chat template on load; init_model puts back the tokenizer's copy.)
     assert AutoProcessor.from_pretrained(str(tmp_path)).tokenizer.chat_template == processor.chat_template
     rows = list(create_audio_dataset(**load_dataset_config(eval_config)))

@@ -1,6 +1,7 @@
 """AudioOnlineDPOTrainer end to end on three tiny audio-LLM families (Phi-4-MM, Qwen2-Audio, GLM-ASR), with the
 bundled speech; and its pair selection and DPO loss on hand-picked numbers (no model)."""
 
+import copy
 import json
 import math
 import statistics
@@ -18,7 +19,7 @@ from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.audio_dataset import create_audio_dataset
 from trl_audio.audio_utils import AudioLoadError
 from trl_audio.judges import RewardFunctionJudge
-from trl_audio.prompt_inputs import SKIPPED_KEY, to_model_inputs
+from trl_audio.prompt_inputs import SKIPPED_KEY
 from trl_audio.skips import SkipCounter
 from trl_audio.testing import load_tiny
 from trl_audio.trainer import dpo_losses, mean_over_preferred, select_pairs
@@ -32,6 +33,12 @@ FROZEN = {
     "phi4_multimodal": ("audio_embed.encoder.", "image_embed.", "_for_vision_speech"),
     "qwen2_audio": ("audio_tower.",),
     "glmasr": ("audio_tower.",),
+}
+# Encoder and projector: what makes the audio embeddings; frozen, they may be read once per step and reused.
+AUDIO_PATH = {
+    "phi4_multimodal": ("audio_embed.",),
+    "qwen2_audio": ("audio_tower.", "multi_modal_projector."),
+    "glmasr": ("audio_tower.", "multi_modal_projector."),
 }
 LORA_TARGETS = {
     "phi4_multimodal": ["qkv_proj", "o_proj"],
@@ -109,9 +116,9 @@ def make_trainer(tmp_path, model, processor, rows, reward_funcs=token_sum_reward
     )
 
 
-def freeze_encoders(model):
+def freeze_encoders(model, table=FROZEN):
     for name, parameter in model.named_parameters():
-        if any(part in name for part in FROZEN[model.config.model_type]):
+        if any(part in name for part in table[model.config.model_type]):
             parameter.requires_grad_(False)
 
 
@@ -169,14 +176,18 @@ def collate(trainer, rows):
     return batch
 
 
+def prompt_batch(trainer, rows):
+    """The trainer's own path: collator -> processor dict -> `PromptBatch` (with the audio embeddings read once, when
+    the trainer reuses them)."""
+    kept, prompt_inputs = trainer._prepare_prompt_inputs(collate(trainer, rows))
+    return trainer._prompt_batch(prompt_inputs, kept["audio"])
+
+
 def forward_logprobs(trainer, rows, completion_ids, completion_mask):
-    """The trainer's own path: collator -> processor dict -> repeated per sample -> _forward."""
-    batch = collate(trainer, rows)
-    _, prompt_inputs = trainer._prepare_prompt_inputs(batch)
-    prompt_inputs = to_model_inputs(trainer.model, prompt_inputs)
-    prompt_ids, prompt_mask = prompt_inputs.pop("input_ids"), prompt_inputs.pop("attention_mask")
     with torch.no_grad():
-        return trainer._forward(trainer.model, prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_inputs)
+        return trainer._forward(
+            trainer.model, prompt_batch(trainer, rows), list(range(len(rows))), completion_ids, completion_mask
+        )
 
 
 def test_audio_reaches_the_model(tiny_dir, tmp_path):
@@ -192,7 +203,8 @@ def test_audio_reaches_the_model(tiny_dir, tmp_path):
     assert (clip_a - clip_b).abs().max() > 1e-3
 
 
-def test_completion_logprobs_match_an_independent_computation(tiny_dir, tmp_path):
+@pytest.mark.parametrize("reuse", [True, False], ids=["embeddings_reused", "features_every_pass"])
+def test_completion_logprobs_match_an_independent_computation(tiny_dir, tmp_path, reuse):
     model, processor = load_tiny(tiny_dir)
     model.eval()
     # Phi-4-MM's audio encoder lets padding frames leak into a clip's embedding, so its rows share one clip (the
@@ -201,13 +213,16 @@ def test_completion_logprobs_match_an_independent_computation(tiny_dir, tmp_path
         rows = [audio_row(0), audio_row(0, "Write down every word spoken in this recording, please.")]
     else:
         rows = [audio_row(0), audio_row(3, "Write down every word spoken in this recording, please.")]
-    trainer = make_trainer(tmp_path, model, processor, rows, num_generations=2)
+    freeze_encoders(model, AUDIO_PATH)  # so the audio embeddings may be reused
+    trainer = make_trainer(tmp_path, model, processor, rows, num_generations=2, reuse_audio_embeddings=reuse)
     batch = collate(trainer, rows)
-    kept, prompt_inputs = trainer._prepare_prompt_inputs(batch)
+    prompts = prompt_batch(trainer, rows)
+    assert (prompts.embeddings is not None) == reuse
     torch.manual_seed(0)
-    prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal = trainer._generate(model, prompt_inputs)
+    _, _, completion_ids, completion_mask = trainer._generate(model, prompts)
     with torch.no_grad():
-        logprobs = trainer._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal)
+        sample_rows = [i % len(rows) for i in range(len(completion_ids))]
+        logprobs = trainer._forward(model, prompts, sample_rows, completion_ids, completion_mask)
 
     for row_index in range(len(completion_ids)):
         row = rows[row_index % len(rows)]
@@ -625,3 +640,111 @@ def test_all_tied_gives_zero_loss_that_still_backpropagates():
 def test_unknown_loss_type_is_an_error():
     with pytest.raises(ValueError, match="loss_type"):
         dpo_losses(torch.zeros(1), torch.zeros(1), 0.1, "hinge")
+
+
+# ---------------------------------------------------------------- speed: each switch changes the time, not the result
+
+AUDIO_ENCODER = {  # the module that encodes the clips, one row per clip
+    "phi4_multimodal": "model.embed_tokens_extend.audio_embed.encoder",
+    "qwen2_audio": "model.audio_tower",
+    "glmasr": "model.audio_tower",
+}
+SPEED_SWITCHES = ["generate_with_cache", "reuse_audio_embeddings", "forward_pairs_only"]
+
+
+def decoder_lora(model):
+    """A LoRA on the text decoder's attention only (not the audio encoder's layers, which share some names)."""
+    targets = {"phi4_multimodal": r"model\.layers\.\d+\.self_attn\.(qkv_proj|o_proj)"}
+    default = r".*language_model\.layers\.\d+\.self_attn\.(q_proj|v_proj)"
+    return LoraConfig(r=4, lora_alpha=8, target_modules=targets.get(model.config.model_type, default))
+
+
+def run_recorded(tiny_dir, tmp_path, **overrides):
+    """Two steps with a decoder-only LoRA (the audio path frozen) under gradient checkpointing; returns the sampled
+    completions, the logs and the trained LoRA weights."""
+    completions = []
+
+    def recording_reward(completion_ids, **kwargs):
+        completions.append([list(ids) for ids in completion_ids])
+        return token_sum_reward(completion_ids)
+
+    model, processor = load_tiny(tiny_dir)
+    trainer = make_trainer(
+        tmp_path, model, processor, audio_rows(4), reward_funcs=recording_reward, peft_config=decoder_lora(model),
+        max_steps=2, num_generations=3, gradient_checkpointing=True, learning_rate=1e-1, **overrides,
+    )  # fmt: skip
+    trainer.train()
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    return completions, trainer.state.log_history[:2], lora
+
+
+@pytest.mark.parametrize("switch", SPEED_SWITCHES)
+@pytest.mark.parametrize("family", ["tiny_phi4mm_dir", "tiny_qwen2_audio_dir"])
+def test_each_speed_switch_leaves_completions_logprobs_and_loss_unchanged(request, tmp_path, family, switch):
+    tiny_dir = request.getfixturevalue(family)
+    fast = run_recorded(tiny_dir, tmp_path / "fast")
+    slow = run_recorded(tiny_dir, tmp_path / "slow", **{switch: False})
+    assert fast[0] == slow[0]  # the same samples, step by step
+    for fast_logs, slow_logs in zip(fast[1], slow[1]):
+        for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins", "objective/scores_margin"):
+            assert fast_logs[key] == pytest.approx(slow_logs[key], rel=1e-4, abs=1e-5), key
+        assert fast_logs["loss"] > 0  # the pairs carried a preference, so the weights moved
+    for name, weight in fast[2].items():  # equal gradients: the same weights after two updates
+        torch.testing.assert_close(weight, slow[2][name], rtol=1e-4, atol=1e-6)
+
+
+def test_pair_only_passes_give_the_gradients_of_the_full_pass(tiny_phi4mm_dir, tmp_path):
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    freeze_encoders(model, AUDIO_PATH)
+    gradients = {}
+    for pairs_only in (True, False):
+        trainer = make_trainer(
+            tmp_path, copy.deepcopy(model), processor, audio_rows(2), num_generations=4, forward_pairs_only=pairs_only
+        )
+        batch = trainer.data_collator(audio_rows(2))
+        torch.manual_seed(0)
+        loss = trainer.training_step(trainer.model, batch)
+        gradients[pairs_only] = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+        assert loss > 0
+    assert gradients[True].keys() == gradients[False].keys() and gradients[True]
+    for name, gradient in gradients[True].items():
+        torch.testing.assert_close(gradient, gradients[False][name], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_clip_is_encoded_once_per_step(request, tmp_path, family):
+    """Default config (gradient checkpointing on) with a decoder-only LoRA: the encoder sees each of the batch's clips
+    once, for generation of the N samples and the policy and reference passes together."""
+    model, processor = load_tiny(request.getfixturevalue(family))
+    encoder = model.get_submodule(AUDIO_ENCODER[model.config.model_type])
+    trainer = make_trainer(
+        tmp_path, model, processor, audio_rows(3), peft_config=decoder_lora(model), per_device_train_batch_size=3,
+        num_generations=4, max_steps=1, gradient_checkpointing=True,
+    )  # fmt: skip
+    clip_rows = []
+    encoder.register_forward_pre_hook(lambda module, args, kwargs: clip_rows.append(len(args[0])), with_kwargs=True)
+    trainer.train()
+    assert sum(clip_rows) == 3
+    assert logged(trainer, "pairs/tied_fraction") == [0.0]  # the step trained on its pairs
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_under_gradient_checkpointing_prefills_once(tiny_phi4mm_dir, tmp_path, use_cache):
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    trainer = make_trainer(
+        tmp_path, model, processor, audio_rows(2), gradient_checkpointing=True, generate_with_cache=use_cache
+    )
+    batch = prompt_batch(trainer, audio_rows(2))
+    lengths = []
+    first_layer = model.get_decoder().layers[0]
+    first_layer.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(args[0].size(1)), with_kwargs=True
+    )
+    trainer.model.train()
+    _, _, completion_ids, _ = trainer._generate(trainer.model, batch)
+    prompt_length = batch.inputs["input_ids"].size(1)
+    assert trainer.model.is_gradient_checkpointing and trainer.model.training  # given back as it was
+    if use_cache:  # one pass over the prompt, then one token per pass
+        assert lengths == [prompt_length] + [1] * (completion_ids.size(1) - 1)
+    else:  # what TRL does under gradient checkpointing: the whole sequence again for every new token
+        assert lengths == [prompt_length + t for t in range(completion_ids.size(1))]

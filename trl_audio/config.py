@@ -29,6 +29,23 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
             with a warning and counts it in `data/skipped/<reason>`; `"raise"` stops with an error naming the file.
         max_audio_seconds (`float` or `None`, *optional*, defaults to `None`):
             Audio longer than this is treated as a bad row (see `on_error`). `None` accepts any length.
+
+    > Speed (each switch changes only the time a step takes, not its results; turn one off to check that)
+
+        generate_with_cache (`bool`, *optional*, defaults to `True`):
+            Generate with the KV cache even when `gradient_checkpointing` is on (checkpointing only serves the
+            training forward; TRL then generates without the cache, re-running the whole prompt, audio encoder
+            included, for every new token).
+        reuse_audio_embeddings (`bool`, *optional*, defaults to `True`):
+            Encode each clip once per step and reuse its embeddings for the N samples' generation and the policy and
+            reference passes, while the modules that produce them (audio encoder, projector) are frozen (checked
+            each step; when they train, every pass encodes the clips as before). The reference reuses the policy's
+            embeddings unless a PEFT adapter sits on the audio path, and a separate `ref_model` encodes them once
+            itself. Clips are encoded in eval mode, so deterministically.
+        forward_pairs_only (`bool`, *optional*, defaults to `True`):
+            Rank the samples first, then run the policy and reference passes on each prompt's chosen and rejected
+            samples only (2 of `num_generations`): the loss is the same. `objective/kl` and `objective/entropy` are
+            then averaged over those samples, not over all of them.
     """
 
     num_generations: int = field(
@@ -67,6 +84,28 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
     max_audio_seconds: float | None = field(
         default=None,
         metadata={"help": "Audio longer than this is treated as a bad row (see `on_error`). None accepts any length."},
+    )
+
+    generate_with_cache: bool = field(
+        default=True,
+        metadata={
+            "help": "Generate with the KV cache even when gradient_checkpointing is on (TRL then generates without "
+            "it, re-running the whole prompt, audio encoder included, for every new token)."
+        },
+    )
+    reuse_audio_embeddings: bool = field(
+        default=True,
+        metadata={
+            "help": "Encode each clip once per step and reuse its embeddings for generation and the policy and "
+            "reference passes, while the audio encoder and projector are frozen (checked each step)."
+        },
+    )
+    forward_pairs_only: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the policy and reference passes on each prompt's chosen and rejected samples only (same "
+            "loss); objective/kl and objective/entropy are then averaged over those samples."
+        },
     )
 
     def __post_init__(self):

@@ -10,6 +10,25 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 SPEECH_LORA_MODES = ("merge", "train", "off")
+_LLAMA_LIKE_DECODER = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+# Where a LoRA goes when none is named (`--use_peft` alone): every projection of the text decoder, as full-match
+# regexes over module names. Plain names such as `o_proj` or `down_proj` also match layers of the audio encoders,
+# whose LoRA would then train the encoder, so that its embeddings could no longer be computed once per step.
+DECODER_LORA_TARGETS = {
+    "phi4_multimodal": r"model\.layers\.\d+\.(self_attn\.(qkv|o)_proj|mlp\.(gate_up|down)_proj)",  # the speech LoRA's
+    "qwen2_audio": _LLAMA_LIKE_DECODER,
+    "glmasr": _LLAMA_LIKE_DECODER,
+}
+
+
+def decoder_lora_targets(model_type: str) -> str:
+    """The LoRA `target_modules` of the text decoder of a `model_type` in `DECODER_LORA_TARGETS`."""
+    if model_type not in DECODER_LORA_TARGETS:
+        raise ValueError(
+            f"No default LoRA targets for model type {model_type!r} (known: {sorted(DECODER_LORA_TARGETS)}): give "
+            "--lora_target_modules, names or one full-match regex of the text decoder's projections."
+        )
+    return DECODER_LORA_TARGETS[model_type]
 
 
 def init_model(

@@ -177,8 +177,24 @@ def to_model_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> 
     }
 
 
-def repeat_batch(inputs: dict[str, Any], n: int) -> dict[str, Any]:
-    """Repeats every entry of a processor's output `n` times along the batch axis, in TRL's layout (all prompts, then
-    all prompts again). Audio features are stacked per clip rather than per row, and they repeat in the same block
-    order, so clip k of copy i still meets the k-th audio placeholder of copy i."""
-    return {k: torch.cat([v] * n) if isinstance(v, torch.Tensor) else v * n for k, v in inputs.items()}
+def select_rows(inputs: dict[str, Any], rows: list[int], audio_rows: list[int]) -> dict[str, Any]:
+    """The processor's outputs for the prompt rows `rows` (repeats allowed), in that order; `audio_rows` are the rows
+    of `inputs` that carry a clip.
+
+    Per-row entries (first dimension = the number of rows: `input_ids`, `attention_mask`, ...) are indexed by row;
+    per-clip entries (audio features, stacked one clip per audio row, in row order) by the clips of the selected audio
+    rows. In an all-audio batch the two coincide. `select_rows(inputs, list(range(b)) * n, ...)` repeats a batch of
+    `b` rows in TRL's layout (all prompts, then all prompts again).
+    """
+    num_rows = inputs["input_ids"].size(0)
+    clip_of = {row: clip for clip, row in enumerate(audio_rows)}
+    clips = [clip_of[row] for row in rows if row in clip_of]
+    selected = {}
+    for key, value in inputs.items():
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            selected[key] = value
+        elif value.size(0) == num_rows:
+            selected[key] = value[rows]
+        else:
+            selected[key] = value[clips]
+    return selected

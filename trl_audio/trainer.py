@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from trl.trainer.utils import selective_log_softmax
 
 from .config import AudioOnlineDPOConfig
 from .judges import PairwiseJudge
+from .prompt_embeds import AudioEmbeddingReader, PromptBatch
 from .prompt_inputs import (
     SKIPPED_KEY,
     AudioPromptCollator,
@@ -32,7 +34,6 @@ from .prompt_inputs import (
     process_prompts,
     processor_sampling_rate,
     render_prompts,
-    repeat_batch,
     row_name,
     to_model_inputs,
 )
@@ -123,6 +124,10 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         if placeholder_token_ids(processing_class):
             self.generation_kwargs["suppress_tokens"] = placeholder_token_ids(processing_class)
             self.generation_config.suppress_tokens = self.generation_kwargs["suppress_tokens"]
+        if args.generate_with_cache:  # TRL turns the cache off under gradient checkpointing, which generation skips
+            self.generation_kwargs["use_cache"] = True
+            self.generation_config.use_cache = True
+        self._audio_readers: dict[int, AudioEmbeddingReader | None] = {}
         self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
         self.reward_names = self.reward_func_names + (["judge_wins"] if judge is not None else [])
         for name in self.reward_names:
@@ -155,18 +160,67 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             return self._prepare_prompt_inputs(kept) if keep else (kept, {})
         return inputs, prompt_inputs
 
-    def _generate(self, model, prompt_inputs):
-        # Same as OnlineDPOTrainer._generate, except that it takes the processor's outputs as one dict (audio features
-        # included, whatever their names), and samples `num_generations` completions per prompt in one call.
-        prompt_inputs = repeat_batch(to_model_inputs(model, prompt_inputs), self.num_generations)
-        prompt_ids = prompt_inputs.pop("input_ids")
-        prompt_mask = prompt_inputs.pop("attention_mask")
+    def _prompt_batch(self, prompt_inputs: dict[str, torch.Tensor], audios: list | None) -> PromptBatch:
+        """The step's prompts for the policy: the processor's outputs on the model's device, and the audio embeddings
+        read once when they can be reused this step (see `_audio_reader`)."""
+        batch = PromptBatch(
+            to_model_inputs(self.model, prompt_inputs),
+            [i for i, audio in enumerate(audios or []) if audio is not None],
+        )
+        reader = self._audio_reader(self.model, batch)
+        if reader is None:
+            return batch
+        embeddings = reader.read(batch.inputs)
+        # The first read finds the modules on the audio path: only then is it known whether they train.
+        return batch if reader.audio_path_trains() else replace(batch, embeddings=embeddings)
+
+    def _reference_batch(self, batch: PromptBatch) -> PromptBatch:
+        """The step's prompts for the reference: the policy's audio embeddings where they are the reference's too (the
+        policy with its PEFT adapter disabled, unless the adapter sits on the audio path), or the reference model's
+        own, read once; the processor's features where embeddings cannot be reused."""
+        if self.ref_model is None:
+            reader = self._audio_reader(self.model, batch)
+            if batch.embeddings is None or reader is None or not reader.audio_path_has_adapter():
+                return batch
+            with self.model.disable_adapter():
+                return replace(batch, embeddings=reader.read(batch.inputs))
+        reader = self._audio_reader(self.ref_model, batch)
+        return replace(batch, embeddings=reader.read(batch.inputs) if reader is not None else None)
+
+    def _audio_reader(self, model: nn.Module, batch: PromptBatch) -> AudioEmbeddingReader | None:
+        """The reader of `model`'s audio embeddings when they may be read once and reused this step: the batch has
+        audio, `reuse_audio_embeddings` is on, the weights are whole on this process (not FSDP or ZeRO-3 shards),
+        the model exposes its decoder layers, and its audio path does not train (known after a first read)."""
+        deepspeed = self.accelerator.state.deepspeed_plugin
+        sharded = self.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3)
+        if not batch.audio_rows or not self.args.reuse_audio_embeddings or sharded:
+            return None
+        model = self.accelerator.unwrap_model(model)
+        if id(model) not in self._audio_readers:
+            reader = AudioEmbeddingReader(model, placeholder_token_ids(self.processing_class)[0])
+            if not reader.supported:
+                logger.warning("%s exposes no decoder layers: every pass encodes the clips.", type(model).__name__)
+            self._audio_readers[id(model)] = reader if reader.supported else None
+        reader = self._audio_readers[id(model)]
+        if reader is None or (reader.audio_modules is not None and reader.audio_path_trains()):
+            return None
+        return reader
+
+    def _generate(self, model, batch: PromptBatch):
+        # Same as OnlineDPOTrainer._generate, except that: it takes the step's prompts as a `PromptBatch` (the
+        # processor's outputs, audio features included whatever their names, or the audio embeddings read once), and
+        # samples `num_generations` completions per prompt in one call (TRL's block layout: all prompts, then all
+        # prompts again); it generates with the KV cache even under gradient checkpointing (`generate_with_cache`),
+        # and gives gradient checkpointing back with the arguments it was enabled with.
+        rows = list(range(len(batch))) * self.num_generations
+        prompt_ids, prompt_mask = batch.inputs["input_ids"][rows], batch.inputs["attention_mask"][rows]
         with (
             unwrap_model_for_generation(
                 model,
                 self.accelerator,
                 gather_deepspeed3_params=self.args.ds3_gather_for_generation,
                 generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
             ) as unwrapped_model,
             torch.no_grad(),
             FSDP.summon_full_params(self.model_wrapped, recurse=False) if self.is_fsdp_enabled else nullcontext(),
@@ -174,23 +228,24 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             if self.args.cache_implementation is not None:
                 unwrapped_model.generation_config.cache_implementation = self.args.cache_implementation
             output = unwrapped_model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
+                **{"input_ids": prompt_ids, **batch.model_inputs(unwrapped_model, rows, prompt_ids, prompt_mask)},
                 generation_config=self.generation_config,
-                **prompt_inputs,
             )
         completion_ids = output[:, prompt_ids.size(1) :]
         pad_token_id = self._tokenizer.pad_token_id
         completion_ids, completion_mask = truncate_right(completion_ids, self.eos_token_ids, pad_token_id)
-        return prompt_ids, prompt_mask, completion_ids, completion_mask, prompt_inputs
+        return prompt_ids, prompt_mask, completion_ids, completion_mask
 
-    def _forward(self, model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs=None):
-        # Same as OnlineDPOTrainer._forward, except that the processor's other outputs (audio features, ...) reach the
-        # model as one dict, prompts are never truncated (rows that cannot fit were left out before generation), and
-        # log-probs come from a selective log-softmax instead of a full one.
+    def _forward(self, model, batch: PromptBatch, rows: list[int], completion_ids, completion_mask):
+        # Same as OnlineDPOTrainer._forward, except that: the prompts come as a `PromptBatch` and `rows` (row k of
+        # `completion_ids` completes prompt `rows[k]`), so the audio reaches the model as the processor's outputs or
+        # as the embeddings read once, through one code path for every family; prompts are never truncated (rows that
+        # cannot fit were left out before generation); and log-probs come from a selective log-softmax over the
+        # completion positions only.
+        prompt_ids, prompt_mask = batch.inputs["input_ids"][rows], batch.inputs["attention_mask"][rows]
         input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
         attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
-        model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **(multimodal_inputs or {})}
+        model_inputs = batch.model_inputs(self.accelerator.unwrap_model(model), rows, input_ids, attention_mask)
         if accepts_logits_to_keep(self.accelerator.unwrap_model(model)):  # spares the prompt's vocabulary-wide logits
             logits = model(**model_inputs, logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]
         else:
@@ -255,12 +310,15 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         self, model: nn.Module, inputs: dict[str, torch.Tensor | Any], num_items_in_batch: int | None = None
     ) -> torch.Tensor:
         # Same as OnlineDPOTrainer.training_step, except that:
-        # - the prompts' audio goes through the processor, and its outputs through every pass, as one dict;
+        # - the prompts' audio goes through the processor, and its outputs through every pass, as one dict; each clip
+        #   is encoded once per step while the audio encoder is frozen (`reuse_audio_embeddings`);
         # - rows with bad audio or too long a prompt are skipped and counted in `skip_counter`, never truncated; a
         #   batch with no row left returns a zero loss without logging anything;
         # - `num_generations` samples per prompt (TRL: 2) give a best-vs-worst pair, and tied pairs are left out of
         #   the loss (TRL trains on them as if the first sample won);
         # - a pairwise judge may rank the samples (round robin) instead of the reward functions;
+        # - the samples are ranked before the policy and reference passes, which then run on each prompt's chosen and
+        #   rejected samples only (`forward_pairs_only`; TRL runs them on every sample);
         # - metrics are logged by `_log_step_metrics`, where KL and entropy differ from TRL's (see there).
         start_time = time.perf_counter()
         model.train()
@@ -272,24 +330,67 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
 
         prompts = inputs["prompt"]
         batch_size, n = len(prompts), self.num_generations
-        prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs = self._generate(
-            model, prompt_inputs
-        )
+        batch = self._prompt_batch(prompt_inputs, inputs.get("audio"))
+        _, _, completion_ids, completion_mask = self._generate(model, batch)
         contain_eos_token = torch.any(
             torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device)), dim=-1
         )
-        logprobs = self._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs)
+        rewards, rewards_per_func = self._score(prompts, inputs, completion_ids, completion_mask, contain_eos_token)
+        chosen_indices, rejected_indices, tied = select_pairs(rewards, n)
+
+        if self.args.forward_pairs_only:  # samples [chosen of each prompt, then rejected of each prompt]
+            samples = torch.cat([chosen_indices, rejected_indices])
+            chosen, rejected = torch.arange(batch_size), torch.arange(batch_size, 2 * batch_size)
+        else:
+            samples, chosen, rejected = torch.arange(batch_size * n), chosen_indices, rejected_indices
+        rows = (samples % batch_size).tolist()
+        sample_ids, sample_mask = completion_ids[samples], completion_mask[samples]
+        width = max(int(sample_mask.sum(1).max()), 1)  # no pass over columns that are padding in every sample
+        sample_ids, sample_mask = sample_ids[:, :width], sample_mask[:, :width]
+        logprobs = self._forward(model, batch, rows, sample_ids, sample_mask)
         with torch.no_grad():
+            reference = self._reference_batch(batch)
             if self.ref_model is not None:
-                ref_logprobs = self._forward(
-                    self.ref_model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs
-                )
+                ref_logprobs = self._forward(self.ref_model, reference, rows, sample_ids, sample_mask)
             else:  # PEFT: the reference is the policy with its adapter disabled
                 with self.model.disable_adapter():
-                    ref_logprobs = self._forward(
-                        self.model, prompt_ids, prompt_mask, completion_ids, completion_mask, multimodal_inputs
-                    )
+                    ref_logprobs = self._forward(self.model, reference, rows, sample_ids, sample_mask)
 
+        logprobs_sum = (logprobs * sample_mask).sum(1)
+        ref_logprobs_sum = (ref_logprobs * sample_mask).sum(1)
+        logratios = logprobs_sum[chosen] - logprobs_sum[rejected]
+        ref_logratios = ref_logprobs_sum[chosen] - ref_logprobs_sum[rejected]
+        loss = mean_over_preferred(dpo_losses(logratios, ref_logratios, self.beta, self.args.loss_type), tied)
+        kl = ((logprobs - ref_logprobs) * sample_mask).sum(1)
+        self._log_step_metrics(
+            inputs,
+            rewards,
+            rewards_per_func,
+            (chosen_indices, rejected_indices, tied),
+            (samples, chosen, rejected, logprobs_sum.detach(), ref_logprobs_sum, kl.detach()),
+            completion_mask,
+            contain_eos_token,
+        )
+
+        if (
+            self.args.torch_empty_cache_steps is not None
+            and self.state.global_step % self.args.torch_empty_cache_steps == 0
+        ):
+            empty_cache()
+        backward_kwargs = {}
+        if self.args.optim in (OptimizerNames.LOMO, OptimizerNames.ADALOMO):  # they need the learning rate explicitly
+            backward_kwargs["learning_rate"] = self._get_learning_rate()
+        if self.args.n_gpu > 1:
+            loss = loss.mean()
+        self.accelerator.backward(loss, **backward_kwargs)
+        self.stats["perf/samples_per_second"].append(batch_size * n / (time.perf_counter() - start_time))
+        return loss.detach() / self.args.gradient_accumulation_steps
+
+    def _score(self, prompts, inputs, completion_ids, completion_mask, contain_eos_token):
+        """Each sample's score (the weighted reward functions, or the judge's round-robin wins; minus
+        `missing_eos_penalty` without an end token) and each function's own rewards (with the wins last, for a
+        judge), from the samples' texts: no model pass."""
+        n = self.num_generations
         completion_texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
         if is_conversational({"prompt": prompts[0]}):
             completions = [[{"role": "assistant", "content": text}] for text in completion_texts]
@@ -309,45 +410,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             rewards_per_func = torch.cat([rewards_per_func, rewards.unsqueeze(1)], dim=1)
         if self.args.missing_eos_penalty is not None:
             rewards[~contain_eos_token] -= self.args.missing_eos_penalty
-
-        chosen_indices, rejected_indices, tied = select_pairs(rewards, n)
-        logprobs_sum = (logprobs * completion_mask).sum(1)
-        ref_logprobs_sum = (ref_logprobs * completion_mask).sum(1)
-        chosen_logprobs_sum, rejected_logprobs_sum = logprobs_sum[chosen_indices], logprobs_sum[rejected_indices]
-        chosen_ref_logprobs_sum = ref_logprobs_sum[chosen_indices]
-        rejected_ref_logprobs_sum = ref_logprobs_sum[rejected_indices]
-        losses = dpo_losses(
-            chosen_logprobs_sum - rejected_logprobs_sum,
-            chosen_ref_logprobs_sum - rejected_ref_logprobs_sum,
-            self.beta,
-            self.args.loss_type,
-        )
-        loss = mean_over_preferred(losses, tied)
-
-        self._log_step_metrics(
-            inputs,
-            rewards,
-            rewards_per_func,
-            (chosen_indices, rejected_indices, tied),
-            logprobs,
-            ref_logprobs,
-            completion_mask,
-            contain_eos_token,
-        )
-
-        if (
-            self.args.torch_empty_cache_steps is not None
-            and self.state.global_step % self.args.torch_empty_cache_steps == 0
-        ):
-            empty_cache()
-        backward_kwargs = {}
-        if self.args.optim in (OptimizerNames.LOMO, OptimizerNames.ADALOMO):  # they need the learning rate explicitly
-            backward_kwargs["learning_rate"] = self._get_learning_rate()
-        if self.args.n_gpu > 1:
-            loss = loss.mean()
-        self.accelerator.backward(loss, **backward_kwargs)
-        self.stats["perf/samples_per_second"].append(batch_size * n / (time.perf_counter() - start_time))
-        return loss.detach() / self.args.gradient_accumulation_steps
+        return rewards, rewards_per_func
 
     def _log_step_metrics(
         self,
@@ -355,40 +418,40 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         rewards: torch.Tensor,
         rewards_per_func: torch.Tensor,
         pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        logprobs: torch.Tensor,
-        ref_logprobs: torch.Tensor,
+        passes: tuple[torch.Tensor, ...],
         completion_mask: torch.Tensor,
         contain_eos_token: torch.Tensor,
     ) -> None:
         """Appends one step's metrics to `self.stats`: TRL's online-DPO metrics, then ours (`rewards/<name>/mean|std`
         per reward function, `pairs/tied_fraction`, `completions/mean_length`, `audio/seconds`).
 
-        Unlike TRL's, `objective/kl`, `objective/entropy` (and so `objective/non_score_reward` and
-        `objective/rlhf_reward`) sum the per-token terms over the completion tokens only: TRL also sums over the
-        padding after a completion's end, so its KL counts tokens that were never sampled. `pairs` is
-        `(chosen_indices, rejected_indices, tied)` from `select_pairs`.
+        `rewards`, `completion_mask` and `contain_eos_token` cover every sample; `pairs` is `(chosen_indices,
+        rejected_indices, tied)` from `select_pairs`; `passes` is `(samples, chosen, rejected, logps, ref_logps, kl)`
+        for the samples that went through the policy and reference passes: their indices, the positions of each
+        prompt's chosen and rejected sample among them, and their summed log-probs and log-ratios. Unlike TRL's,
+        `objective/kl` and `objective/entropy` (and so `objective/non_score_reward` and `objective/rlhf_reward`) sum
+        the per-token terms over the completion tokens only (TRL also sums over the padding after a completion's
+        end), and are averaged over the samples that went through the passes: the chosen and rejected ones, with
+        `forward_pairs_only`.
         """
-        chosen_indices, rejected_indices, tied = pairs
-        logprobs_sum = (logprobs * completion_mask).sum(1)
-        ref_logprobs_sum = (ref_logprobs * completion_mask).sum(1)
-        chosen_logprobs_sum, rejected_logprobs_sum = logprobs_sum[chosen_indices], logprobs_sum[rejected_indices]
-        chosen_ref_logprobs_sum = ref_logprobs_sum[chosen_indices]
-        rejected_ref_logprobs_sum = ref_logprobs_sum[rejected_indices]
         gather = self.accelerator.gather_for_metrics
+        chosen_indices, rejected_indices, tied = pairs
+        samples, chosen, rejected, logps, ref_logps, kl = passes
+        chosen_logps, rejected_logps = logps[chosen], logps[rejected]
+        chosen_ref_logps, rejected_ref_logps = ref_logps[chosen], ref_logps[rejected]
         scores_margin = rewards[chosen_indices] - rewards[rejected_indices]
         self.stats["objective/scores_margin"].append(gather(scores_margin.mean()).mean().item())
         self.stats["objective/scores"].append(gather(rewards.mean()).mean().item())
         self.stats["val/contain_eos_token"].append(contain_eos_token.float().mean().item())
-        self.stats["logps/chosen"].append(gather(chosen_logprobs_sum).mean().item())
-        self.stats["logps/rejected"].append(gather(rejected_logprobs_sum).mean().item())
-        kl = ((logprobs - ref_logprobs) * completion_mask).sum(1)
+        self.stats["logps/chosen"].append(gather(chosen_logps).mean().item())
+        self.stats["logps/rejected"].append(gather(rejected_logps).mean().item())
         self.stats["objective/kl"].append(gather(kl.mean()).mean().item())
         non_score_reward = -self.beta * kl
         self.stats["objective/non_score_reward"].append(gather(non_score_reward.mean()).mean().item())
-        self.stats["objective/rlhf_reward"].append(gather(rewards + non_score_reward).mean().item())
-        self.stats["objective/entropy"].append(gather(-logprobs_sum.mean()).mean().item())
-        chosen_rewards = gather(self.beta * (chosen_logprobs_sum - chosen_ref_logprobs_sum))
-        rejected_rewards = gather(self.beta * (rejected_logprobs_sum - rejected_ref_logprobs_sum))
+        self.stats["objective/rlhf_reward"].append(gather(rewards[samples] + non_score_reward).mean().item())
+        self.stats["objective/entropy"].append(gather(-logps.mean()).mean().item())
+        chosen_rewards = gather(self.beta * (chosen_logps - chosen_ref_logps))
+        rejected_rewards = gather(self.beta * (rejected_logps - rejected_ref_logps))
         self.stats["rewards/chosen"].append(chosen_rewards.mean().item())
         self.stats["rewards/rejected"].append(rejected_rewards.mean().item())
         margin = chosen_rewards - rejected_rewards

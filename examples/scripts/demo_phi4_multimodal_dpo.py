@@ -31,7 +31,7 @@ from transformers import TrainerCallback
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.audio_dataset import create_audio_dataset, dataset_from_config, load_dataset_config
 from trl_audio.evaluation import evaluate_rows
-from trl_audio.modeling import init_model
+from trl_audio.modeling import decoder_lora_targets, init_model
 from trl_audio.rewards import get_reward_funcs
 from trl_audio.skips import SkipCounter
 from trl_audio.testing import build_tiny_phi4mm
@@ -41,7 +41,6 @@ REPO_DIR = Path(__file__).resolve().parents[2]
 TRAIN_CONFIG = REPO_DIR / "examples/configs/audio_dataset_config.json"
 TEST_TSV = REPO_DIR / "examples/data/speech_sample/test.tsv"
 DEFAULT_OUTPUT_DIR = REPO_DIR / "outputs/demo_phi4_multimodal_dpo"
-LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 # (title, log key, format) of the per-step table; a reward column appears in the runs that use that reward.
 COLUMNS = [
     ("step", "step", "{:>4d}"),
@@ -204,7 +203,7 @@ def run_demo(
         model_dir,
         eval_rows,
         ["wer", "bias_word_recall"],
-        LoraConfig(target_modules=LORA_TARGETS, task_type="CAUSAL_LM"),
+        LoraConfig(target_modules=decoder_lora_targets("phi4_multimodal"), task_type="CAUSAL_LM"),
         training_args("asr", learning_rate=1e-3, max_steps=steps, logging_steps=1),
         out,
     )

@@ -13,7 +13,7 @@ python examples/scripts/dpo_online_phi4_multimodal.py \
     --model_name_or_path microsoft/Phi-4-multimodal-instruct \
     --dataset_config examples/configs/audio_dataset_config.json \
     --reward_funcs wer bias_word_recall --reward_weights 1.0 0.5 \
-    --use_peft --lora_r 16 --lora_alpha 32 --lora_target_modules qkv_proj o_proj gate_up_proj down_proj \
+    --use_peft --lora_r 16 --lora_alpha 32 \
     --dtype bfloat16 --bf16 true --activation_checkpointing true --learning_rate 1e-5 --beta 0.1 \
     --per_device_train_batch_size 4 --gradient_accumulation_steps 4 --num_generations 4 \
     --max_new_tokens 128 --max_length 2048 --max_steps 500 --logging_steps 10 \
@@ -25,12 +25,17 @@ python -c "from trl_audio.testing import build_tiny_phi4mm; build_tiny_phi4mm('o
 echo '{"dataset_name": "tsv", "tsv_paths": "'$PWD'/examples/data/speech_sample/test.tsv"}' > outputs/test_set.json
 python examples/scripts/dpo_online_phi4_multimodal.py \
     --model_name_or_path outputs/tiny-phi4mm --eval_dataset_config outputs/test_set.json \
-    --use_peft --lora_target_modules qkv_proj o_proj gate_up_proj down_proj \
+    --use_peft \
     --learning_rate 1e-3 --per_device_train_batch_size 2 --num_generations 4 --max_new_tokens 16 \
     --max_steps 3 --logging_steps 1 --activation_checkpointing false \
     --output_dir outputs/tiny-phi4mm-dpo --report_to none
 
-Without a GPU that supports bf16, `bf16` defaults to false (TRL's default of true would stop on CPU).
+Without a GPU that supports bf16, `bf16` defaults to false (TRL's default of true would stop on CPU). `--use_peft`
+without `--lora_target_modules` puts the LoRA on the text decoder's projections only
+(`trl_audio.modeling.DECODER_LORA_TARGETS`): the audio encoder stays frozen, so each clip is encoded once per step. To
+train the encoder too, name targets that match its layers (e.g. `--lora_target_modules qkv_proj o_proj gate_up_proj
+down_proj`, plain names that match projections of the decoder and of the encoder's conformer blocks); every pass then
+encodes the clips.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.audio_dataset import SOURCES, dataset_from_config
 from trl_audio.evaluation import evaluate_rows, format_metrics
-from trl_audio.modeling import SPEECH_LORA_MODES, init_model
+from trl_audio.modeling import SPEECH_LORA_MODES, decoder_lora_targets, init_model
 from trl_audio.rewards import REWARD_FUNCS, get_reward_funcs
 from trl_audio.skips import SkipCounter
 
@@ -167,6 +172,10 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
         # TRL's PEFT reference (adapter disabled) would be the model without its speech ability: load the merged one.
         ref_model = init_model(model_args.model_name_or_path, speech_lora="merge", **load_kwargs)[0]
 
+    peft_config = get_peft_config(model_args)
+    if peft_config is not None and model_args.lora_target_modules is None:
+        peft_config.target_modules = decoder_lora_targets(model.config.model_type)
+        logger.info("LoRA on the text decoder's projections: target_modules=%r", peft_config.target_modules)
     skip_counter = SkipCounter()
     train_dataset = dataset_from_config(script_args.dataset_config, script_args.dataset_name, skip_counter)
     eval_rows = list(dataset_from_config(script_args.eval_dataset_config)) if script_args.eval_dataset_config else []
@@ -177,7 +186,7 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config,
         callbacks=callbacks,
         skip_counter=skip_counter,
     )

@@ -1,0 +1,151 @@
+"""Each clip encoded once per step: the audio embeddings a model merges into its prompt's input embeddings, taken from
+one pass over the batch's unique prompts and reused for the N samples' generation and the policy and reference passes.
+
+Family-independent: the embeddings are read where they enter the text decoder's first layer (every audio LLM in
+transformers merges the audio there as rows of its input embeddings, at the audio placeholder positions), and put back
+with the model's own text embeddings as `inputs_embeds`. Valid while the modules that produce the audio rows (encoder,
+projector) are frozen: `audio_path_trains` tells, and the caller then passes the processor's features as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from peft import PeftModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+from .prompt_inputs import select_rows
+
+
+class _ReachedDecoder(Exception):
+    """Raised by the capture hook to stop the forward pass once the input embeddings are known."""
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList | None:
+    """The text decoder's layers, or None when the model does not expose them through `get_decoder()`."""
+    if isinstance(model, PeftModel):
+        model = model.get_base_model()
+    if not hasattr(model, "get_decoder"):
+        return None
+    layers = getattr(model.get_decoder(), "layers", None)
+    return layers if isinstance(layers, nn.ModuleList) and len(layers) > 0 else None
+
+
+@dataclass
+class AudioEmbeddings:
+    """The audio rows of the input embeddings of a batch's prompts: `rows[i]` holds prompt i's embeddings at its
+    `placeholder_id` positions, in order (`(num_placeholders, hidden)`; no rows for a text-only prompt)."""
+
+    rows: list[torch.Tensor]
+    placeholder_id: int
+
+    def select(self, indices: list[int]) -> AudioEmbeddings:
+        """The embeddings of the prompts at `indices` (repeats allowed), in that order."""
+        return AudioEmbeddings([self.rows[i] for i in indices], self.placeholder_id)
+
+    def inputs_embeds(self, model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """The input embeddings of `input_ids` (one row per selected prompt, completions appended or not): the model's
+        text embeddings, with these audio rows at the placeholder positions. Gradients reach the text embeddings."""
+        embeds = model.get_input_embeddings()(input_ids)
+        positions = input_ids == self.placeholder_id
+        audio = torch.cat(self.rows).to(embeds.dtype)
+        if int(positions.sum()) != audio.size(0):
+            raise RuntimeError(
+                f"{int(positions.sum())} audio placeholders in the batch for {audio.size(0)} audio embedding rows: "
+                "the prompts and their embeddings do not belong together."
+            )
+        return embeds.masked_scatter(positions.unsqueeze(-1), audio)
+
+
+class AudioEmbeddingReader:
+    """Reads the audio rows of a model's prompt embeddings (`read`), and tells whether they can be reused: whether the
+    modules that produce them train (`audio_path_trains`) or hold a PEFT adapter (`audio_path_has_adapter`).
+
+    The modules on the audio path are those whose forward completes before the first decoder layer runs, less the text
+    embedding table; they are found on the first read.
+    """
+
+    def __init__(self, model: nn.Module, placeholder_id: int):
+        self.model = model
+        self.placeholder_id = placeholder_id
+        self.layers = decoder_layers(model)
+        self.audio_modules: list[nn.Module] | None = None
+
+    @property
+    def supported(self) -> bool:
+        return self.layers is not None
+
+    def audio_path_trains(self) -> bool:
+        """Whether a parameter on the audio path takes gradients (known after the first `read`; True before)."""
+        if self.audio_modules is None:
+            return True
+        return any(p.requires_grad for m in self.audio_modules for p in m.parameters(recurse=False))
+
+    def audio_path_has_adapter(self) -> bool:
+        """Whether a PEFT adapter sits on the audio path, so that disabling it changes the audio embeddings."""
+        return any(isinstance(m, BaseTunerLayer) for m in self.audio_modules or [])
+
+    @torch.no_grad()
+    def read(self, inputs: dict[str, torch.Tensor]) -> AudioEmbeddings:
+        """One pass of `model(**inputs)` (the processor's outputs for the prompts) up to the first decoder layer, in
+        eval mode (so the encoder is deterministic: Phi-4-MM's draws random streaming masks in train mode); the model's
+        mode is restored."""
+        captured: dict[str, torch.Tensor] = {}
+        completed: list[nn.Module] = []
+
+        def capture(module, args, kwargs):
+            captured["embeds"] = args[0] if args else kwargs["hidden_states"]
+            raise _ReachedDecoder
+
+        handles = [self.layers[0].register_forward_pre_hook(capture, with_kwargs=True)]
+        if self.audio_modules is None:
+            handles.append(nn.modules.module.register_module_forward_hook(lambda m, i, o: completed.append(m)))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            self.model(**inputs)
+        except _ReachedDecoder:
+            pass
+        finally:
+            self.model.train(was_training)
+            for handle in handles:
+                handle.remove()
+        if "embeds" not in captured:
+            raise RuntimeError("The model's forward pass never reached its first decoder layer.")
+        if self.audio_modules is None:
+            text_embeddings = self.model.get_input_embeddings()
+            owned = {id(m) for m in self.model.modules()}
+            self.audio_modules = [m for m in completed if id(m) in owned and m is not text_embeddings]
+        embeds, input_ids = captured["embeds"], inputs["input_ids"]
+        positions = input_ids == self.placeholder_id
+        return AudioEmbeddings([embeds[i][positions[i]] for i in range(len(input_ids))], self.placeholder_id)
+
+
+@dataclass
+class PromptBatch:
+    """A step's prompts as the model takes them: the processor's outputs for the B unique prompts (`inputs`), which of
+    them carry a clip (`audio_rows`), and their reusable audio embeddings (`embeddings`; None when the features must
+    go through the model's encoder in every pass). `model_inputs` gives the model's keyword arguments for any
+    selection of these prompts, with completions appended or not, so generation and every forward pass read the
+    audio the same way, whatever the model family."""
+
+    inputs: dict[str, torch.Tensor]
+    audio_rows: list[int]
+    embeddings: AudioEmbeddings | None = None
+
+    def __len__(self) -> int:
+        return self.inputs["input_ids"].size(0)
+
+    def model_inputs(
+        self, model: nn.Module, rows: list[int], input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Keyword arguments of `model` for `input_ids` and `attention_mask`, whose row k starts with prompt
+        `rows[k]`."""
+        if self.embeddings is not None:
+            inputs_embeds = self.embeddings.select(rows).inputs_embeds(model, input_ids)
+            return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        features = select_rows(self.inputs, rows, self.audio_rows)
+        del features["input_ids"], features["attention_mask"]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, **features}
