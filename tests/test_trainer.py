@@ -649,7 +649,7 @@ AUDIO_ENCODER = {  # the module that encodes the clips, one row per clip
     "qwen2_audio": "model.audio_tower",
     "glmasr": "model.audio_tower",
 }
-SPEED_SWITCHES = ["generate_with_cache", "reuse_audio_embeddings", "forward_pairs_only"]
+SPEED_SWITCHES = ["generate_with_cache", "reuse_audio_embeddings", "share_prompt_prefill", "forward_pairs_only"]
 
 
 def decoder_lora(model):
@@ -728,23 +728,23 @@ def test_each_clip_is_encoded_once_per_step(request, tmp_path, family):
     assert logged(trainer, "pairs/tied_fraction") == [0.0]  # the step trained on its pairs
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_generation_under_gradient_checkpointing_prefills_once(tiny_phi4mm_dir, tmp_path, use_cache):
+@pytest.mark.parametrize("use_cache, share_prefill", [(True, True), (True, False), (False, False)])
+def test_generation_under_gradient_checkpointing_prefills_once(tiny_phi4mm_dir, tmp_path, use_cache, share_prefill):
     model, processor = load_tiny(tiny_phi4mm_dir)
     trainer = make_trainer(
-        tmp_path, model, processor, audio_rows(2), gradient_checkpointing=True, generate_with_cache=use_cache
-    )
+        tmp_path, model, processor, audio_rows(2), gradient_checkpointing=True, num_generations=3,
+        generate_with_cache=use_cache, share_prompt_prefill=share_prefill,
+    )  # fmt: skip
     batch = prompt_batch(trainer, audio_rows(2))
-    lengths = []
-    first_layer = model.get_decoder().layers[0]
-    first_layer.register_forward_pre_hook(
-        lambda module, args, kwargs: lengths.append(args[0].size(1)), with_kwargs=True
-    )
+    shapes = []  # (rows, positions) of each pass through the first decoder layer
+    model.get_decoder().layers[0].register_forward_pre_hook(lambda module, args: shapes.append(args[0].shape[:2]))
     trainer.model.train()
     _, _, completion_ids, _ = trainer._generate(trainer.model, batch)
-    prompt_length = batch.inputs["input_ids"].size(1)
+    length, new_tokens = batch.inputs["input_ids"].size(1), completion_ids.size(1)
     assert trainer.model.is_gradient_checkpointing and trainer.model.training  # given back as it was
-    if use_cache:  # one pass over the prompt, then one token per pass
-        assert lengths == [prompt_length] + [1] * (completion_ids.size(1) - 1)
+    if share_prefill:  # each prompt once (all but its last token), then one token per pass for the 6 samples
+        assert shapes == [(2, length - 1)] + [(6, 1)] * new_tokens
+    elif use_cache:  # each of the 6 samples' prompt, then one token per pass
+        assert shapes == [(6, length)] + [(6, 1)] * (new_tokens - 1)
     else:  # what TRL does under gradient checkpointing: the whole sequence again for every new token
-        assert lengths == [prompt_length + t for t in range(completion_ids.size(1))]
+        assert shapes == [(6, length + t) for t in range(new_tokens)]

@@ -42,6 +42,9 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
             each step; when they train, every pass encodes the clips as before). The reference reuses the policy's
             embeddings unless a PEFT adapter sits on the audio path, and a separate `ref_model` encodes them once
             itself. Clips are encoded in eval mode, so deterministically.
+        share_prompt_prefill (`bool`, *optional*, defaults to `True`):
+            Run each prompt through the model once before generation and let its `num_generations` samples continue
+            from that KV cache, instead of prefilling one copy of the prompt per sample (with the cache only).
         forward_pairs_only (`bool`, *optional*, defaults to `True`):
             Rank the samples first, then run the policy and reference passes on each prompt's chosen and rejected
             samples only (2 of `num_generations`): the loss is the same. `objective/kl` and `objective/entropy` are
@@ -98,6 +101,13 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
         metadata={
             "help": "Encode each clip once per step and reuse its embeddings for generation and the policy and "
             "reference passes, while the audio encoder and projector are frozen (checked each step)."
+        },
+    )
+    share_prompt_prefill: bool = field(
+        default=True,
+        metadata={
+            "help": "Prefill each prompt once and let its num_generations samples continue from that KV cache, "
+            "instead of prefilling one copy of the prompt per sample."
         },
     )
     forward_pairs_only: bool = field(

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from peft import PeftModel
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-from transformers import PreTrainedModel
+from transformers import Cache, PreTrainedModel
 from transformers.training_args import OptimizerNames
 from trl.data_utils import apply_chat_template, is_conversational
 from trl.experimental.online_dpo import OnlineDPOTrainer
@@ -211,7 +211,8 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         # processor's outputs, audio features included whatever their names, or the audio embeddings read once), and
         # samples `num_generations` completions per prompt in one call (TRL's block layout: all prompts, then all
         # prompts again); it generates with the KV cache even under gradient checkpointing (`generate_with_cache`),
-        # and gives gradient checkpointing back with the arguments it was enabled with.
+        # and gives gradient checkpointing back with the arguments it was enabled with; each prompt is prefilled once
+        # and its cache shared by its samples (`share_prompt_prefill`).
         rows = list(range(len(batch))) * self.num_generations
         prompt_ids, prompt_mask = batch.inputs["input_ids"][rows], batch.inputs["attention_mask"][rows]
         with (
@@ -227,14 +228,36 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         ):
             if self.args.cache_implementation is not None:
                 unwrapped_model.generation_config.cache_implementation = self.args.cache_implementation
+            share_prefill = (
+                self.args.share_prompt_prefill
+                and self.generation_config.use_cache
+                and self.args.cache_implementation is None
+                and prompt_ids.size(1) > 1
+            )
+            if share_prefill:  # the samples continue from their prompt's cache: only the last prompt token is new
+                inputs = {"cache": self._prefill(unwrapped_model, batch, rows)}
+            else:
+                inputs = batch.model_inputs(unwrapped_model, rows, prompt_ids, prompt_mask)
             output = unwrapped_model.generate(
-                **{"input_ids": prompt_ids, **batch.model_inputs(unwrapped_model, rows, prompt_ids, prompt_mask)},
+                **{"input_ids": prompt_ids, "attention_mask": prompt_mask, **inputs},
                 generation_config=self.generation_config,
             )
         completion_ids = output[:, prompt_ids.size(1) :]
         pad_token_id = self._tokenizer.pad_token_id
         completion_ids, completion_mask = truncate_right(completion_ids, self.eos_token_ids, pad_token_id)
         return prompt_ids, prompt_mask, completion_ids, completion_mask
+
+    def _prefill(self, model: nn.Module, batch: PromptBatch, rows: list[int]) -> Cache:
+        """The KV cache of every prompt but its last token, computed once per prompt (audio included) and repeated for
+        the sampled rows `rows`; positions follow the left padding as `generate` numbers them."""
+        unique = list(range(len(batch)))
+        input_ids, attention_mask = batch.inputs["input_ids"][:, :-1], batch.inputs["attention_mask"][:, :-1]
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        inputs = batch.model_inputs(model, unique, input_ids, attention_mask)
+        logits_to_keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+        cache = model(**inputs, position_ids=position_ids, use_cache=True, **logits_to_keep).cache
+        cache.reorder_cache(torch.tensor(rows, device=input_ids.device))
+        return cache
 
     def _forward(self, model, batch: PromptBatch, rows: list[int], completion_ids, completion_mask):
         # Same as OnlineDPOTrainer._forward, except that: the prompts come as a `PromptBatch` and `rows` (row k of
