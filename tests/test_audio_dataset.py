@@ -481,3 +481,25 @@ def test_config_file_errors_name_the_file(tmp_path):
     path.write_text('{"dataset_name": "jsonl",\n "jsonl_paths": }', encoding="utf-8")
     with pytest.raises(ManifestError, match=r"c\.json, line 2: invalid JSON"):
         load_dataset_config(path)
+
+
+def test_ls_bias_sample_rows_list_the_utterances_biasing_words():
+    ds = create_audio_dataset(**load_dataset_config(ROOT / "examples/configs/ls_bias_sample_config.json"))
+    lines = (SAMPLE_DIR / "ls_bias/test-clean.biasing_20.tsv").read_text(encoding="utf-8").splitlines()
+    assert ds.column_names == COLUMNS and len(ds) == len(lines) == 10
+    for row, line in zip(ds, lines):
+        row_id, text, rare, listed = line.split("\t")
+        assert (row["id"], row["text"]) == (row_id, text) and row["audio"] == str(SAMPLE_DIR / f"audio/{row_id}.flac")
+        assert row["keywords"] == json.loads(rare) and row["bias_words"] == json.loads(listed)
+        assert row["prompt"] == make_prompt(make_instruction(json.loads(listed)))
+        assert set(row["keywords"]) <= set(row["bias_words"]) and len(row["bias_words"]) == 20
+
+
+def test_ls_bias_needs_its_audio_dir_and_brings_its_own_lists():
+    lists = str(SAMPLE_DIR / "ls_bias/test-clean.biasing_20.tsv")
+    with pytest.raises(ValueError, match="needs `audio_dir`"):
+        create_audio_dataset("ls_bias", ls_bias_paths=lists)
+    with pytest.raises(ValueError, match="bring their own biasing lists"):
+        create_audio_dataset("ls_bias", ls_bias_paths=lists, audio_dir=str(SAMPLE_DIR), biasing={})
+    with pytest.raises(BadRowError, match=r"ss_0005.*biasing_20\.tsv, line 1.*ss_0005\.flac"):
+        create_audio_dataset("ls_bias", ls_bias_paths=lists, audio_dir=str(SAMPLE_DIR))  # LibriSpeech layout

@@ -4,7 +4,7 @@ file and the line."""
 import pytest
 
 from trl_audio.audio_dataset import create_audio_dataset
-from trl_audio.manifests import read_tsv
+from trl_audio.manifests import ManifestError, read_ls_bias, read_tsv
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,30 @@ def test_read_tsv_accepts_columns_in_any_order(tmp_path):
         "hello",
         "Say it.",
     )
+
+
+def test_ls_bias_rows_carry_rare_words_and_the_biasing_list(tmp_path):
+    path = tmp_path / "test-clean.biasing_3.tsv"
+    path.write_text('1089-134686-0000\the hoped there would be stew\t["stew"]\t["beefsteak", "stew", "zwingli"]\n')
+    (record,) = read_ls_bias(str(path), "/data/LibriSpeech/test-clean")
+    assert record.id == "1089-134686-0000" and record.text == "he hoped there would be stew"
+    assert record.keywords == ["stew"] and record.bias_list == ["beefsteak", "stew", "zwingli"]
+    assert record.audio == "/data/LibriSpeech/test-clean/1089/134686/1089-134686-0000.flac"
+    (record,) = read_ls_bias(str(path), "gs://bucket/test-clean", audio_pattern="{id}.wav")
+    assert record.audio == "gs://bucket/test-clean/1089-134686-0000.wav"
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("x\ttext\t[]\n", r"biasing_3\.tsv, line 1: found 3 tab-separated fields"),
+        ('x\ttext\t["a"\t["a"]\n', r"line 1: a word list is not valid JSON"),
+        ('x\ttext\t{"a": 1}\t["a"]\n', r"line 1: the rare words must be a JSON list of strings"),
+        ("\n", r"holds no rows"),
+    ],
+)
+def test_malformed_ls_bias_lists_name_file_and_line(tmp_path, content, match):
+    path = tmp_path / "test-clean.biasing_3.tsv"
+    path.write_text(content)
+    with pytest.raises(ManifestError, match=match):
+        read_ls_bias(str(path), str(tmp_path))

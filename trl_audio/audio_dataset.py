@@ -18,17 +18,32 @@ from datasets import Dataset, Features, IterableDataset, List, Value
 from .audio_utils import AudioLoadError, audio_info, load_audio, resolve_path
 from .biasing import Biaser, BiasingConfig, read_word_file
 from .error_simulation import ErrorSimulationConfig, ErrorSimulator
-from .manifests import ManifestError, Record, as_path_list, esb_records, load_esb, read_jsonl, read_tsv
+from .manifests import (
+    LS_BIAS_AUDIO_PATTERN,
+    ManifestError,
+    Record,
+    as_path_list,
+    esb_records,
+    load_esb,
+    read_jsonl,
+    read_ls_bias,
+    read_tsv,
+)
 from .prompts import make_instruction, make_prompt
 from .skips import ON_ERROR_CHOICES, SkipCounter
 
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("openasr", "tsv", "jsonl")
-SOURCE_KEYS = {"openasr": ("name", "split", "data_dir"), "tsv": ("tsv_paths",), "jsonl": ("jsonl_paths",)}
+SOURCES = ("openasr", "tsv", "jsonl", "ls_bias")
+SOURCE_KEYS = {
+    "openasr": ("name", "split", "data_dir"),
+    "tsv": ("tsv_paths",),
+    "jsonl": ("jsonl_paths",),
+    "ls_bias": ("ls_bias_paths", "audio_dir", "audio_pattern"),
+}
 # Paths in a config file, resolved against the file's folder by `load_dataset_config`.
-PATH_KEYS = ("data_dir", "tsv_paths", "jsonl_paths")
+PATH_KEYS = ("data_dir", "tsv_paths", "jsonl_paths", "ls_bias_paths", "audio_dir")
 
 
 class BadRowError(ValueError):
@@ -49,6 +64,9 @@ class DatasetConfig:
     data_dir: str | None = None
     tsv_paths: str | list[str] | None = None
     jsonl_paths: str | list[str] | None = None
+    ls_bias_paths: str | list[str] | None = None
+    audio_dir: str | None = None
+    audio_pattern: str = LS_BIAS_AUDIO_PATTERN
     streaming: bool = False
     num_egs: int | None = None
     load_audio: bool = False
@@ -114,9 +132,17 @@ def validate_config(dataset_name: str, **config: Any) -> DatasetConfig:
             "biasing.hit_source='keywords' lists each row's keywords, and ESB (openasr) rows have none: use "
             "hit_source='transcript', or a tsv/jsonl manifest with a `keywords` column."
         )
-    paths_key = {"tsv": "tsv_paths", "jsonl": "jsonl_paths"}.get(dataset_name)
+    paths_key = {"tsv": "tsv_paths", "jsonl": "jsonl_paths", "ls_bias": "ls_bias_paths"}.get(dataset_name)
     if paths_key and not getattr(cfg, paths_key):
         raise ValueError(f"The {dataset_name!r} source needs `{paths_key}`: one manifest path or a list of them.")
+    if dataset_name == "ls_bias":
+        if not cfg.audio_dir:
+            raise ValueError(
+                "The 'ls_bias' source needs `audio_dir`: the LibriSpeech split's folder (.../LibriSpeech/test-clean), "
+                "where each utterance's audio lies at `audio_pattern` (default '{speaker}/{chapter}/{id}.flac')."
+            )
+        if cfg.biasing is not None:
+            raise ValueError("ls_bias rows bring their own biasing lists: remove the `biasing` block.")
     return cfg
 
 
@@ -179,12 +205,13 @@ class _RowBuilder:
         self.array_as_list = cfg.streaming
         self.word_list = read_word_file(cfg.biasing.word_file) if cfg.biasing and cfg.biasing.word_file else None
         self.esb, self.records = None, []
-        manifests = as_path_list(cfg.tsv_paths or cfg.jsonl_paths or [])
+        manifests = as_path_list(cfg.tsv_paths or cfg.jsonl_paths or cfg.ls_bias_paths or [])
         if dataset_name == "openasr":
             self.esb = load_esb(cfg.name, cfg.split, cfg.data_dir, cfg.streaming)
         else:  # manifests are small: parse them now, so that a malformed line fails before any training
-            reader = read_tsv if dataset_name == "tsv" else read_jsonl
-            self.records = [r for p in manifests for r in reader(p)]
+            readers = {"tsv": read_tsv, "jsonl": read_jsonl}
+            readers["ls_bias"] = lambda path: read_ls_bias(path, cfg.audio_dir, cfg.audio_pattern)
+            self.records = [r for p in manifests for r in readers[dataset_name](p)]
             if cfg.biasing and cfg.biasing.hit_source == "keywords" and not any(r.keywords for r in self.records):
                 raise ValueError(
                     f"biasing.hit_source='keywords', but no row of {manifests} has "
@@ -233,7 +260,7 @@ class _RowBuilder:
                 ) from e
             self.skipped.add(e.reason, message)
             return None
-        text, bias_words = record.text, []
+        text, bias_words = record.text, record.bias_list or []
         if biaser is not None:  # seeded per row, so a row's prompt does not depend on global random state
             sample = biaser(text, random.Random(f"{self.cfg.seed}-{index}-biasing"), record.keywords)
             text, bias_words = sample.text, sample.bias_words
@@ -268,9 +295,9 @@ def create_audio_dataset(
 
     Args:
         dataset_name (`str`, defaults to `"openasr"`):
-            `"openasr"` (an ESB test set, `hf-audio/esb-datasets-test-only-sorted`, or a local copy), `"tsv"` or
+            `"openasr"` (an ESB test set, `hf-audio/esb-datasets-test-only-sorted`, or a local copy), `"tsv"` and
             `"jsonl"` (manifests pointing at audio files; see `trl_audio.manifests.read_tsv` / `read_jsonl` for the
-            formats).
+            formats), or `"ls_bias"` (LibriSpeech biasing lists, below).
         skip_counter (`SkipCounter`, *optional*):
             Where rows left out under `on_error="skip"` are counted by reason; pass the same counter to
             `AudioOnlineDPOTrainer(skip_counter=...)` to have the trainer log them as `data/skipped/<reason>`.
@@ -286,6 +313,15 @@ def create_audio_dataset(
             tsv only, required: one or more TSV manifests (local or cloud URLs).
         jsonl_paths (`str` or `list[str]`):
             jsonl only, required: one or more JSONL manifests (local or cloud URLs).
+        ls_bias_paths (`str` or `list[str]`):
+            ls_bias only, required: one or more LibriSpeech biasing lists of Le et al. (2021), e.g.
+            `test-clean.biasing_100.tsv` from facebookresearch/fbai-speech `is21_deep_bias/ref/` (see
+            `trl_audio.manifests.read_ls_bias`). Each row's prompt lists its utterance's N biasing words as they are;
+            `keywords` are its ground-truth rare words, the words B-WER and the bias-word recall reward score.
+        audio_dir (`str`):
+            ls_bias only, required: the LibriSpeech split's folder (`.../LibriSpeech/test-clean`).
+        audio_pattern (`str`, *optional*, defaults to `"{speaker}/{chapter}/{id}.flac"`):
+            ls_bias only: where an utterance's audio lies under `audio_dir`, from its `id`, `speaker` and `chapter`.
         streaming (`bool`, *optional*, defaults to `False`):
             Return an `IterableDataset` that checks and decodes rows as they are consumed; it yields the same rows as
             the non-streaming `Dataset`.

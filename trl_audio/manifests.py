@@ -1,6 +1,6 @@
-"""Where speech rows come from: TSV and JSONL manifests (the reference fork's legacy TSV included) and ESB (OpenASR)
-splits, read into `Record`s with their audio paths resolved; no checks of the audio and no prompts (see
-`audio_dataset`)."""
+"""Where speech rows come from: TSV and JSONL manifests (the reference fork's legacy TSV included), LibriSpeech
+biasing lists and ESB (OpenASR) splits, read into `Record`s with their audio paths resolved; no checks of the audio
+and no prompts (see `audio_dataset`)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class Record:
     origin: str  # where the row comes from, for messages: "train.tsv, line 3"
     keywords: list[str] = field(default_factory=list)
     instruction: str = TRANSCRIBE_PROMPT
+    bias_list: list[str] | None = None  # a biasing list the source gives with the row (ls_bias), shown as it is
 
 
 def manifest_dir(manifest: str) -> str:
@@ -169,6 +170,60 @@ def read_jsonl(path: str) -> list[Record]:
         records.append(_manifest_record(path, where, audio, obj["text"], obj.get("id"), obj.get("keywords"), prompt))
     if not records:
         raise ManifestError(f"{path} holds no rows: write one JSON object a line.")
+    return records
+
+
+LS_BIAS_AUDIO_PATTERN = "{speaker}/{chapter}/{id}.flac"
+
+
+def read_ls_bias(path: str, audio_dir: str, audio_pattern: str = LS_BIAS_AUDIO_PATTERN) -> list[Record]:
+    """Rows of a LibriSpeech contextual-biasing list (Le et al., 2021; facebookresearch/fbai-speech
+    `is21_deep_bias/ref/test-{clean,other}.biasing_{N}.tsv`): four tab-separated fields a line, the utterance id, its
+    reference text, the JSON list of its rare words (the ground-truth bias words: `keywords`), and the JSON list of N
+    biasing words, a superset of them (`bias_list`, the list the prompt shows).
+
+    The lists carry no audio paths: each row's audio is `audio_dir` joined with `audio_pattern` filled with the row's
+    `id` and, for LibriSpeech ids (`1089-134686-0000`), `speaker` and `chapter`; `audio_dir` is the split's folder of
+    a LibriSpeech copy (`.../LibriSpeech/test-clean`), local or a cloud URL. Raises `ManifestError` naming the file and
+    the line.
+    """
+    fix = "Expected `id<TAB>text<TAB>[rare words]<TAB>[biasing words]`, the lists in JSON."
+    records = []
+    for lineno, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        fields_ = line.split("\t")
+        if len(fields_) != 4:
+            raise ManifestError(f"{where}: found {len(fields_)} tab-separated fields. {fix}")
+        row_id, text = fields_[0].strip(), fields_[1].strip()
+        try:
+            rare, listed = json.loads(fields_[2]), json.loads(fields_[3])
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{where}: a word list is not valid JSON ({e.msg}). {fix}") from e
+        for name, words in (("rare words", rare), ("biasing words", listed)):
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                raise ManifestError(f"{where}: the {name} must be a JSON list of strings, got {words!r}. {fix}")
+        parts = row_id.split("-")
+        names = {"id": row_id, "speaker": parts[0], "chapter": parts[1] if len(parts) == 3 else ""}
+        try:
+            relative = audio_pattern.format(**names)
+        except KeyError as e:
+            raise ManifestError(
+                f"audio_pattern {audio_pattern!r} names {e}: use {{id}}, {{speaker}}, {{chapter}}."
+            ) from e
+        records.append(
+            Record(
+                id=row_id,
+                audio=resolve_path(relative, audio_dir),
+                text=text,
+                origin=where,
+                keywords=rare,
+                bias_list=listed,
+            )
+        )
+    if not records:
+        raise ManifestError(f"{path} holds no rows: write one utterance a line. {fix}")
     return records
 
 
