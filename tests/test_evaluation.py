@@ -8,7 +8,7 @@ import pytest
 
 from trl_audio.audio_dataset import create_audio_dataset
 from trl_audio.audio_utils import AudioLoadError
-from trl_audio.evaluation import evaluate_transcripts, transcribe
+from trl_audio.evaluation import evaluate_transcripts, transcribe, utterance_table
 from trl_audio.testing import build_tiny_phi4mm, load_tiny
 from trl_audio.text import bias_word_set, normalize_transcript
 
@@ -116,3 +116,17 @@ def test_transcribe_names_the_row_with_bad_audio(small_phi4mm, clips, tmp_path):
     bad = {**clips[0], "id": "broken_clip", "audio": str(tmp_path / "missing.flac")}
     with pytest.raises(AudioLoadError, match="broken_clip.*missing.flac"):
         transcribe(model, processor, [clips[1], bad], max_new_tokens=4)
+
+
+def test_utterance_table_splits_the_spoken_bias_words_into_hit_and_missed():
+    rows = [
+        {"id": "a", "text": "Ada Lovelace wrote notes.", "keywords": ["Ada Lovelace", "Babbage"]},
+        {"id": "b", "text": "A moth in the relay.", "keywords": []},
+    ]
+    table = utterance_table(rows, ["ada love lace wrote notes", "a moth in the relay"])
+    # row a: "lovelace" -> "love lace" is 1 substitution + 1 insertion over 4 words; Babbage is not spoken
+    assert table[0] == {
+        "id": "a", "reference": "Ada Lovelace wrote notes.", "hypothesis": "ada love lace wrote notes",
+        "wer": 0.5, "bias_hit": ["ada"], "bias_missed": ["lovelace"],
+    }  # fmt: skip
+    assert table[1]["wer"] == 0.0 and table[1]["bias_hit"] == table[1]["bias_missed"] == []

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from datasets import Dataset
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoProcessor
@@ -19,7 +20,8 @@ from trl_audio.evaluation import transcribe
 
 REPO_DIR = Path(__file__).resolve().parents[1]
 CONFIGS_DIR = REPO_DIR / "examples/configs"
-TEST_TSV = REPO_DIR / "examples/data/speech_sample/test.tsv"
+SAMPLE = REPO_DIR / "examples/data/speech_sample"
+TEST_TSV = SAMPLE / "test.tsv"
 sys.path.insert(0, str(REPO_DIR / "examples/scripts"))  # the scripts are files, not modules of the package
 
 import demo_phi4_multimodal_dpo as demo  # noqa: E402
@@ -46,7 +48,7 @@ def test_yaml_recipe_parses_into_the_three_dataclasses(path):
     script_args, training_args, model_args = parse(["--config", str(path), "--bf16", "false"])
     assert model_args.model_name_or_path
     assert training_args.reward_weights is None or len(training_args.reward_weights) == len(script_args.reward_funcs)
-    for config in (script_args.dataset_config, script_args.eval_dataset_config):
+    for config in [script_args.dataset_config, *(script_args.eval_dataset_config or [])]:
         if config is not None:  # recipes are run from the repository root
             load_dataset_config(REPO_DIR / config)
 
@@ -81,7 +83,7 @@ def test_bf16_is_off_by_default_without_a_bf16_gpu():
 
 def test_script_arguments_are_checked():
     with pytest.raises(ValueError, match="reward_funcs"):
-        cli.ScriptArguments(reward_funcs=["cer"])
+        cli.ScriptArguments(reward_funcs=["wre"])
     script_args, training_args, model_args = parse(
         ["--model_name_or_path", "unused", "--speech_lora", "train", "--use_peft", "--output_dir", "unused"]
     )
@@ -174,3 +176,97 @@ def test_main_trains_another_audio_llm_family(tiny_qwen2_audio_dir, tmp_path):
     steps = [logs for logs in results["log_history"] if "loss" in logs]
     assert len(steps) == 2 and all(step["audio/seconds"] > 0 for step in steps)
     assert (tmp_path / "adapter_model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------- the original command lines
+
+
+def esb_split(count):
+    """An ESB-shaped split (audio bytes, lower-case text, id) of bundled clips, standing in for the hub's."""
+    rows = [json.loads(line) for line in (SAMPLE / "metadata.jsonl").read_text().splitlines()][:count]
+    return Dataset.from_dict(
+        {
+            "audio": [{"bytes": (SAMPLE / r["audio_path"]).read_bytes(), "path": r["audio_path"]} for r in rows],
+            "text": [r["text"].lower() for r in rows],
+            "id": [r["id"] for r in rows],
+        }
+    )
+
+
+def test_the_original_openasr_command_trains_on_the_esb_split(tiny_phi4mm_dir, tmp_path, monkeypatch):
+    requested = []
+
+    def load_dataset(repo, name, split, streaming):
+        requested.append((repo, name, split, streaming))
+        return esb_split(4)
+
+    monkeypatch.setattr("trl_audio.manifests.datasets.load_dataset", load_dataset)
+    argv = [
+        "--model_name_or_path", str(tiny_phi4mm_dir), "--dataset_name", "openasr", "--learning_rate", "5.0e-7",
+        "--output_dir", str(tmp_path), "--use_peft",
+        # a short CPU run
+        "--max_steps", "2", "--per_device_train_batch_size", "2", "--max_new_tokens", "8", "--report_to", "none",
+        "--save_strategy", "no", "--logging_steps", "1",
+    ]  # fmt: skip
+    results = cli.main(*parse(argv))
+    assert requested == [("hf-audio/esb-datasets-test-only-sorted", "librispeech", "test.clean", False)]
+    assert len([logs for logs in results["log_history"] if "loss" in logs]) == 2
+
+
+def test_an_unreachable_dataset_fails_before_any_model_loads(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hugging Face Hub")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the dataset was checked")
+
+    monkeypatch.setattr("trl_audio.manifests.datasets.load_dataset", offline)
+    monkeypatch.setattr(cli, "init_model", no_model)
+    argv = ["--model_name_or_path", "microsoft/Phi-4-multimodal-instruct", "--dataset_name", "openasr"]
+    with pytest.raises(RuntimeError, match=r"Could not load hf-audio/esb.*point `data_dir` at"):
+        cli.main(*parse([*argv, "--output_dir", str(tmp_path)]))
+    with pytest.raises(ValueError, match="biasing.hit_source='keywords'"):  # a bad combination: before any loading
+        parse([*argv, "--dataset_config_path", str(CONFIGS_DIR / "audio_dataset_config.json"), "--output_dir", "x"])
+
+
+def test_dataset_flags_and_a_single_lora_target_name(tiny_phi4mm_dir, tmp_path):
+    argv = tiny_run_args(
+        tiny_phi4mm_dir, tmp_path, "--tsv_paths", str(SAMPLE / "train.tsv"), "--max_train_samples", "3",
+        "--dataset_streaming", "--use_peft", "--lora_target_modules", "qkv_proj", "--gradient_checkpointing",
+    )  # fmt: skip
+    script_args, training_args, model_args = parse(argv)
+    assert script_args.train_dataset_config == {
+        "dataset_name": "tsv", "tsv_paths": [str(SAMPLE / "train.tsv")], "num_egs": 3, "streaming": True
+    }  # fmt: skip
+    assert training_args.gradient_checkpointing
+    results = cli.main(script_args, training_args, model_args)
+    assert len([logs for logs in results["log_history"] if "loss" in logs]) == 2
+    adapter = load_file(tmp_path / "adapter_model.safetensors")
+    assert adapter and all("qkv_proj" in key for key in adapter)  # one name works like several
+    shipped = str(CONFIGS_DIR / "audio_dataset_config.json")
+    script_args = parse(["--dataset_config_path", shipped, "--output_dir", str(tmp_path)])[0]  # the original flag
+    assert script_args.dataset_config == shipped and script_args.train_dataset_config["dataset_name"] == "tsv"
+
+
+def test_evaluation_sets_are_scored_at_the_start_every_eval_steps_and_at_the_end(tiny_phi4mm_dir, tmp_path):
+    test_set = tmp_path / "test.json"
+    test_set.write_text(json.dumps({"dataset_name": "tsv", "tsv_paths": str(TEST_TSV), "num_egs": 2}))
+    argv = tiny_run_args(
+        tiny_phi4mm_dir, tmp_path / "out", "--max_steps", "3", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--eval_dataset_config", f"plain={test_set}", str(CONFIGS_DIR / "ls_bias_sample_config.json"),
+    )  # fmt: skip
+    results = cli.main(*parse(argv))
+    logs = results["log_history"]
+    for name in ("plain", "ls_bias_sample_config"):  # each set under its own name
+        scored = [entry for entry in logs if f"eval/{name}/wer" in entry]
+        assert [entry["step"] for entry in scored] == [0, 2, 3]  # start, eval_steps, end
+        assert all({f"eval/{name}/{m}" for m in ("cer", "b_wer", "u_wer")} <= set(entry) for entry in scored)
+        for step in (0, 2, 3):
+            lines = (tmp_path / f"out/eval/{name}/step-{step}.jsonl").read_text().splitlines()
+            table = [json.loads(line) for line in lines]
+            assert len(table) == (2 if name == "plain" else 10)
+            assert {"id", "reference", "hypothesis", "wer", "bias_hit", "bias_missed"} == set(table[0])
+    assert not any("eval_loss" in entry for entry in logs)  # the trainer's own evaluation did not run
+    saved = json.loads((tmp_path / "out/eval_results.json").read_text())
+    assert [h["step"] for h in saved["history"]["plain"]] == [0, 2, 3]
+    assert saved["after"]["metrics"]["wer"] == [e for e in logs if "eval/plain/wer" in e][-1]["eval/plain/wer"]

@@ -2,7 +2,18 @@
 
 import random
 
-from trl_audio.text import PiecePool, bias_word_set, normalize_transcript, normalize_word, word_set
+import pytest
+
+from trl_audio.text import (
+    NORMALIZERS,
+    PiecePool,
+    bias_word_set,
+    normalize,
+    normalize_simple,
+    normalize_transcript,
+    normalize_word,
+    word_set,
+)
 
 
 def test_the_two_normalizations_differ_where_documented():
@@ -26,3 +37,15 @@ def test_piece_pool_keeps_the_latest_pieces():
     pool.add(["a", "b", "c", "d", "e"])
     assert sorted(pool.items) == ["c", "d", "e"]
     assert pool.sample(random.Random(0), 5, exclude_words={"d"}, taken={"C"}) == ["e"]
+
+
+def test_scoring_normalizations_by_name():
+    # whisper folds numbers, contractions and spelling; simple only lowers case and removes punctuation
+    assert normalize("Two cats, don't!") == normalize_transcript("Two cats, don't!") == "2 cats do not"
+    assert normalize("Two cats, don't!", "simple") == normalize_simple("Two cats, don't!") == "two cats dont"
+    assert normalize_simple("Dr. Smith's  colour, “well-known”\n2 cats!") == "dr smiths colour wellknown 2 cats"
+    assert normalize_simple(" ... ") == ""
+    assert set(NORMALIZERS) == {"whisper", "simple"}
+    assert bias_word_set(["Dr. Who", "colour"], "simple") == {"dr", "who", "colour"}
+    with pytest.raises(ValueError, match=r"Unknown normalization 'plain': choose one of \['whisper', 'simple'\]"):
+        normalize("a", "plain")

@@ -16,16 +16,18 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaF
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
-from trl_audio.audio_dataset import create_audio_dataset
+from trl_audio.audio_dataset import create_audio_dataset, load_dataset_config
 from trl_audio.audio_utils import AudioLoadError
 from trl_audio.judges import RewardFunctionJudge
 from trl_audio.prompt_inputs import SKIPPED_KEY
+from trl_audio.rewards import bias_word_recall_reward
 from trl_audio.skips import SkipCounter
 from trl_audio.testing import load_tiny
 from trl_audio.trainer import dpo_losses, mean_over_preferred, select_pairs
 
 
-SAMPLE = Path(__file__).resolve().parents[1] / "examples/data/speech_sample"
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples/data/speech_sample"
 META = [json.loads(line) for line in (SAMPLE / "metadata.jsonl").read_text().splitlines()]
 FAMILIES = ["tiny_phi4mm_dir", "tiny_qwen2_audio_dir", "tiny_glm_asr_dir"]
 # Parts that get no gradient from audio prompts (the encoders we freeze, Phi-4-MM's image branch).
@@ -748,3 +750,35 @@ def test_generation_under_gradient_checkpointing_prefills_once(tiny_phi4mm_dir, 
         assert shapes == [(6, length)] + [(6, 1)] * (new_tokens - 1)
     else:  # what TRL does under gradient checkpointing: the whole sequence again for every new token
         assert shapes == [(6, length + t) for t in range(new_tokens)]
+
+
+def test_completions_are_logged_with_their_scores_and_roles(tiny_phi4mm_dir, tmp_path):
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    rows = [{**row, "keywords": META[i]["keywords"]} for i, row in enumerate(audio_rows(2))]
+    trainer = make_trainer(
+        tmp_path, model, processor, rows, reward_funcs=[token_sum_reward, bias_word_recall_reward],
+        reward_weights=[1.0, 0.0], num_generations=3, max_steps=2, log_completions=True,
+    )  # fmt: skip
+    trainer.train()
+    lines = [json.loads(line) for line in (tmp_path / "out" / "completions.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 1, 2, 2]  # every logging step, one object per prompt
+    by_id = {row["id"]: row for row in rows}
+    for line in lines:
+        assert line["reference"] == by_id[line["id"]]["text"] and "Transcribe the audio clip." in line["prompt"]
+        samples = line["samples"]
+        assert len(samples) == 3
+        for sample in samples:  # weights 1 and 0: the score is the token-sum reward
+            assert sample["score"] == pytest.approx(sample["rewards"]["token_sum_reward"])
+            assert 0 <= sample["rewards"]["bias_word_recall_reward"] <= 1
+        roles = {s["role"]: s["score"] for s in samples if s["role"]}
+        assert roles["chosen"] == max(s["score"] for s in samples)
+        assert roles["rejected"] == min(s["score"] for s in samples)
+
+
+def test_ls_bias_sample_rows_train(tiny_phi4mm_dir, tmp_path):
+    dataset = create_audio_dataset(**load_dataset_config(ROOT / "examples/configs/ls_bias_sample_config.json"))
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    trainer = make_trainer(tmp_path, model, processor, dataset, reward_funcs=bias_word_recall_reward, max_steps=2)
+    trainer.train()
+    assert len(logged(trainer, "loss")) == 2 and all(seconds > 4 for seconds in logged(trainer, "audio/seconds"))
+    assert all(value >= 0 for value in logged(trainer, "rewards/bias_word_recall_reward/mean"))

@@ -378,6 +378,39 @@ def create_audio_dataset(
     return ds
 
 
+def dataset_config_from_args(
+    config_path: str | os.PathLike | None = None,
+    dataset_name: str | None = None,
+    default_config: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """The dataset config a command line describes, validated (so a bad one fails before any model loads): a JSON
+    config file's keys (`config_path`, read by `load_dataset_config`), its source replaced by `dataset_name` (the
+    file's source-specific keys are then dropped: they describe the other source), and `overrides` on top (keys of
+    `create_audio_dataset`; None values are ignored). Manifest paths given without a source imply theirs
+    (`tsv_paths` -> "tsv"). Without a file, a source or manifest paths, `default_config` is read.
+
+    >>> dataset_config_from_args(dataset_name="openasr")  # the ESB LibriSpeech test.clean split, nothing else
+    {'dataset_name': 'openasr'}
+    """
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    implied = [name for name, keys in SOURCE_KEYS.items() if name != "openasr" and keys[0] in overrides]
+    if dataset_name is None and len(implied) == 1:
+        dataset_name = implied[0]
+    if config_path is None and dataset_name is None:
+        config_path = default_config
+    config = load_dataset_config(config_path) if config_path is not None else {}
+    if dataset_name is not None and dataset_name != config.get("dataset_name"):
+        for key in SOURCE_KEYS.get(config.get("dataset_name"), ()):
+            config.pop(key, None)
+        config["dataset_name"] = dataset_name
+    config |= overrides
+    if "dataset_name" not in config:
+        raise ValueError(f"No dataset: give a dataset config file or a source ({' / '.join(SOURCES)}).")
+    validate_config(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in config.items()})
+    return config
+
+
 def dataset_from_config(
     path: str | os.PathLike, dataset_name: str | None = None, skip_counter: SkipCounter | None = None
 ) -> Dataset | IterableDataset:

@@ -30,6 +30,12 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
         max_audio_seconds (`float` or `None`, *optional*, defaults to `None`):
             Audio longer than this is treated as a bad row (see `on_error`). `None` accepts any length.
 
+        log_completions (`bool`, *optional*, defaults to `False`):
+            Every `logging_steps`, log the last step's prompts with their samples: one JSON object per prompt (its
+            id, prompt text, reference, and each sample's text, score, per-function rewards and role in the pair)
+            appended to `<output_dir>/completions.jsonl`, and the same as a table to wandb and as text to tensorboard
+            when they are in `report_to`. Main process only.
+
     > Speed (each switch changes only the time a step takes, not its results; turn one off to check that)
 
         generate_with_cache (`bool`, *optional*, defaults to `True`):
@@ -89,6 +95,13 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
         metadata={"help": "Audio longer than this is treated as a bad row (see `on_error`). None accepts any length."},
     )
 
+    log_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "Every logging_steps, log the last step's prompts with their samples, scores and rewards to "
+            "<output_dir>/completions.jsonl, and to wandb (a table) and tensorboard (text) when in report_to."
+        },
+    )
     generate_with_cache: bool = field(
         default=True,
         metadata={

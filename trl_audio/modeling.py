@@ -4,6 +4,7 @@ speech LoRA merged, trained or left off (`init_model`)."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 
@@ -19,6 +20,18 @@ DECODER_LORA_TARGETS = {
     "qwen2_audio": _LLAMA_LIKE_DECODER,
     "glmasr": _LLAMA_LIKE_DECODER,
 }
+
+
+def lora_target_modules(targets: str | list[str] | None, model_type: str) -> str | list[str]:
+    """PEFT `target_modules` from a command line's `--lora_target_modules`: none given -> the text decoder's
+    (`decoder_lora_targets`); module names -> the list of them, one name included (TRL hands a single value over as a
+    string, which PEFT would read as a full-match regex, matching no module: "Target modules qkv_proj not found");
+    one value with regex syntax -> that regex."""
+    if targets is None:
+        return decoder_lora_targets(model_type)
+    if isinstance(targets, str):
+        return targets if re.search(r"[\\^$*+?{}\[\]|()]", targets) else [targets]
+    return list(targets)
 
 
 def decoder_lora_targets(model_type: str) -> str:

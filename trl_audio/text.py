@@ -1,11 +1,13 @@
-"""Words and text normalization, in two strengths: `normalize_transcript` (Whisper's English normalizer) for scoring
-transcripts, and `normalize_word` (lower case, no end punctuation) for building biasing lists and simulated errors."""
+"""Words and text normalization: the forms transcripts are scored in (`normalize(text, how)`: `"whisper"`, Whisper's
+English normalizer, or `"simple"`), and `normalize_word` (lower case, no end punctuation) for building biasing lists
+and simulated errors."""
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
 from whisper_normalizer.english import EnglishTextNormalizer
@@ -23,14 +25,39 @@ def _whisper_normalizer() -> EnglishTextNormalizer:
 
 
 def normalize_transcript(text: str) -> str:
-    """The form transcripts are scored in (WER, B-WER, bias-word recall): Whisper's English normalization (case,
-    punctuation, spelling variants, numbers), whitespace collapsed."""
+    """The default form transcripts are scored in (WER, B-WER, bias-word recall): Whisper's English normalization
+    (case, punctuation, spelling variants, contractions, numbers: "Two" and "2" both become "2"), whitespace
+    collapsed."""
     return " ".join(_whisper_normalizer()(text).split())
 
 
-def bias_word_set(keywords: Sequence[str]) -> set[str]:
-    """The scored words of a row's keywords: `["Ada Lovelace", "moth"]` -> `{"ada", "lovelace", "moth"}`."""
-    return {word for keyword in keywords for word in normalize_transcript(keyword).split()}
+def normalize_simple(text: str) -> str:
+    """The plain scoring form: lower case, punctuation (Unicode category P) removed, whitespace collapsed. Spelling and
+    numbers stay as written (`"Two cats, don't!"` -> `"two cats dont"`)."""
+    return " ".join("".join(c for c in text.lower() if not unicodedata.category(c).startswith("P")).split())
+
+
+# The scoring normalizations, by the name `normalize`, the rewards and `evaluate_transcripts` take ("whisper" by
+# default).
+NORMALIZERS: dict[str, Callable[[str], str]] = {"whisper": normalize_transcript, "simple": normalize_simple}
+
+
+def normalizer(how: str) -> Callable[[str], str]:
+    """The normalization called `how` (a key of `NORMALIZERS`); raises naming the valid ones otherwise."""
+    if how not in NORMALIZERS:
+        raise ValueError(f"Unknown normalization {how!r}: choose one of {list(NORMALIZERS)}.")
+    return NORMALIZERS[how]
+
+
+def normalize(text: str, how: str = "whisper") -> str:
+    """`text` in the scoring form `how`: `"whisper"` (`normalize_transcript`) or `"simple"` (`normalize_simple`)."""
+    return normalizer(how)(text)
+
+
+def bias_word_set(keywords: Sequence[str], how: str = "whisper") -> set[str]:
+    """The scored words of a row's keywords under normalization `how`: `["Ada Lovelace", "moth"]` ->
+    `{"ada", "lovelace", "moth"}`."""
+    return {word for keyword in keywords for word in normalize(keyword, how).split()}
 
 
 def strip_punct(piece: str) -> str:

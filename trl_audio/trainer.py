@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from peft import PeftModel
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from transformers import Cache, PreTrainedModel
+from transformers.integrations import TensorBoardCallback
 from transformers.training_args import OptimizerNames
 from trl.data_utils import apply_chat_template, is_conversational
 from trl.experimental.online_dpo import OnlineDPOTrainer
@@ -128,6 +131,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             self.generation_kwargs["use_cache"] = True
             self.generation_config.use_cache = True
         self._audio_readers: dict[int, AudioEmbeddingReader | None] = {}
+        self._last_completions: list[dict] = []
         self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
         self.reward_names = self.reward_func_names + (["judge_wins"] if judge is not None else [])
         for name in self.reward_names:
@@ -358,8 +362,14 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         contain_eos_token = torch.any(
             torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device)), dim=-1
         )
-        rewards, rewards_per_func = self._score(prompts, inputs, completion_ids, completion_mask, contain_eos_token)
+        rewards, rewards_per_func, texts = self._score(
+            prompts, inputs, completion_ids, completion_mask, contain_eos_token
+        )
         chosen_indices, rejected_indices, tied = select_pairs(rewards, n)
+        if self.args.log_completions:
+            self._last_completions = completions_table(
+                inputs, texts, rewards, rewards_per_func, self.reward_names, chosen_indices, rejected_indices, tied
+            )
 
         if self.args.forward_pairs_only:  # samples [chosen of each prompt, then rejected of each prompt]
             samples = torch.cat([chosen_indices, rejected_indices])
@@ -411,8 +421,8 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
 
     def _score(self, prompts, inputs, completion_ids, completion_mask, contain_eos_token):
         """Each sample's score (the weighted reward functions, or the judge's round-robin wins; minus
-        `missing_eos_penalty` without an end token) and each function's own rewards (with the wins last, for a
-        judge), from the samples' texts: no model pass."""
+        `missing_eos_penalty` without an end token), each function's own rewards (with the wins last, for a judge),
+        and the samples' texts: no model pass."""
         n = self.num_generations
         completion_texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
         if is_conversational({"prompt": prompts[0]}):
@@ -433,7 +443,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             rewards_per_func = torch.cat([rewards_per_func, rewards.unsqueeze(1)], dim=1)
         if self.args.missing_eos_penalty is not None:
             rewards[~contain_eos_token] -= self.args.missing_eos_penalty
-        return rewards, rewards_per_func
+        return rewards, rewards_per_func, completion_texts
 
     def _log_step_metrics(
         self,
@@ -496,12 +506,91 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         return super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Same as Trainer.log, except that training logs carry the running counts of `skip_counter`, by reason.
+        # Same as Trainer.log, except that training logs carry the running counts of `skip_counter`, by reason, and
+        # are followed by the completions table when `log_completions` is on.
         if "loss" in logs:
             logs["data/skipped/total"] = self.skip_counter.total
             for reason in SKIP_REASONS:
                 logs[f"data/skipped/{reason}"] = self.skip_counter.by_reason[reason]
         super().log(logs, start_time)
+        if "loss" in logs and self.args.log_completions and self._last_completions:
+            self._log_completions(self._last_completions)
+            self._last_completions = []
+
+    def _log_completions(self, table: list[dict]) -> None:
+        """Appends `table` (see `completions_table`) to `<output_dir>/completions.jsonl`, and sends it to wandb (a
+        table, one row per sample) and tensorboard (text) when they are in `report_to`."""
+        if not self.is_world_process_zero():
+            return
+        step = self.state.global_step
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, "completions.jsonl"), "a", encoding="utf-8") as f:
+            for row in table:
+                f.write(json.dumps({"step": step, **row}) + "\n")
+        flat = [
+            {"step": step, "id": row["id"], "prompt": row["prompt"], "reference": row["reference"], **sample}
+            for row in table
+            for sample in row["samples"]
+        ]
+        columns = ["step", "id", "prompt", "reference", "completion", "role", "score", *self.reward_names]
+        cells = [[sample.get(c, sample["rewards"].get(c)) for c in columns] for sample in flat]
+        if "wandb" in self.args.report_to:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.log({"completions": wandb.Table(columns=columns, data=cells)})
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
+                lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in cells]
+                callback.tb_writer.add_text("completions", "\n".join(lines), step)
+
+
+def prompt_text(prompt: Any) -> str:
+    """The text of a prompt as a reader sees it: the messages' text parts (audio left out), one line each."""
+    if not is_conversational({"prompt": prompt}):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in without_audio_parts(prompt))
+
+
+def completions_table(
+    inputs: dict[str, list],
+    texts: list[str],
+    scores: torch.Tensor,
+    rewards_per_func: torch.Tensor,
+    reward_names: list[str],
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    tied: torch.Tensor,
+) -> list[dict]:
+    """One step's prompts with their samples (TRL's block layout: sample k of prompt b at `k * batch + b`): per prompt
+    its `id`, `prompt` text, `reference` (the `text` column, None without it) and `samples`, each with its
+    `completion`, `score`, `rewards` by function name (None where a function gave none) and `role` in the pair
+    (`chosen`, `rejected`, or None; all None when the prompt's samples tie)."""
+    batch = len(inputs["prompt"])
+    rows = []
+    for b in range(batch):
+        roles = {} if tied[b] else {int(chosen[b]): "chosen", int(rejected[b]): "rejected"}
+        samples = [
+            {
+                "completion": texts[k],
+                "score": float(scores[k]),
+                "rewards": {
+                    n: None if v != v else float(v) for n, v in zip(reward_names, rewards_per_func[k].tolist())
+                },
+                "role": roles.get(k),
+            }
+            for k in range(b, len(texts), batch)
+        ]
+        rows.append(
+            {
+                "id": inputs["id"][b] if "id" in inputs else None,
+                "prompt": prompt_text(inputs["prompt"][b]),
+                "reference": inputs["text"][b] if "text" in inputs else None,
+                "samples": samples,
+            }
+        )
+    return rows
 
 
 def select_pairs(rewards: torch.Tensor, num_generations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -51,11 +51,12 @@ from transformers.utils import is_torch_bf16_gpu_available
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
-from trl_audio.audio_dataset import SOURCES, dataset_from_config
-from trl_audio.evaluation import evaluate_rows, format_metrics
-from trl_audio.modeling import SPEECH_LORA_MODES, decoder_lora_targets, init_model
+from trl_audio.audio_dataset import SOURCES, create_audio_dataset, dataset_config_from_args, load_dataset_config
+from trl_audio.evaluation import TranscriptionEvalCallback
+from trl_audio.modeling import SPEECH_LORA_MODES, init_model, lora_target_modules
 from trl_audio.rewards import REWARD_FUNCS, get_reward_funcs
 from trl_audio.skips import SkipCounter
+from trl_audio.text import NORMALIZERS
 
 
 logger = logging.getLogger(__name__)
@@ -69,16 +70,29 @@ class ScriptArguments:
     Arguments of the script that are neither training (`AudioOnlineDPOConfig`) nor model (`ModelConfig`) arguments.
 
     Parameters:
-        dataset_config (`str`, *optional*, defaults to the bundled `examples/configs/audio_dataset_config.json`):
+        dataset_config (`str` or `None`, *optional*, defaults to `None`; alias `--dataset_config_path`):
             JSON dataset config of the training set: `dataset_name` and the keys of
             `trl_audio.audio_dataset.create_audio_dataset`; its relative paths resolve against the file's folder.
+            Without it, `dataset_name` or manifest paths, the bundled `examples/configs/audio_dataset_config.json`.
         dataset_name (`str` or `None`, *optional*, defaults to `None`):
-            Source of the training set (`"openasr"`, `"tsv"` or `"jsonl"`), replacing the config's `dataset_name`.
-            `None` keeps the config's.
-        eval_dataset_config (`str` or `None`, *optional*, defaults to `None`):
-            JSON dataset config of an evaluation set (same format). When given, WER, B-WER and U-WER (see
-            `trl_audio.evaluation.evaluate_transcripts`) of greedy transcripts are reported before and after training
-            and written to `<output_dir>/eval_results.json`.
+            Source of the training set (`"openasr"`, `"tsv"`, `"jsonl"` or `"ls_bias"`), replacing the config's
+            `dataset_name` (and dropping the config's keys of its own source). Alone, `openasr` is the ESB LibriSpeech
+            test.clean split, from the hub.
+        tsv_paths, jsonl_paths (`list[str]` or `None`, *optional*, defaults to `None`):
+            Manifests of the training set, on top of the config (and implying its source).
+        max_train_samples (`int` or `None`, *optional*, defaults to `None`):
+            Keep the first this many training rows (the config's `num_egs`).
+        dataset_streaming (`bool`, *optional*, defaults to `False`):
+            Read the training set as it is consumed (the config's `streaming`).
+        eval_dataset_config (`list[str]` or `None`, *optional*, defaults to `None`):
+            JSON dataset configs of evaluation sets (same format), each `path` or `name=path` (the name defaults to
+            the file's stem). WER, CER, B-WER and U-WER of greedy transcripts (`trl_audio.evaluation`) are logged per
+            set as `eval/<name>/<metric>` at the start, at the trainer's evaluation points (`--eval_strategy steps
+            --eval_steps N`) and at the end, with per-utterance tables in `<output_dir>/eval/<name>/`; the first set's
+            first and last results go to `<output_dir>/eval_results.json`.
+        normalization (`str`, *optional*, defaults to `"whisper"`):
+            How transcripts are normalized before the rewards and the evaluation count errors: `"whisper"` (Whisper's
+            English normalizer) or `"simple"` (lower case, no punctuation).
         eval_bias_column (`str`, *optional*, defaults to `"keywords"`):
             Column of the evaluation rows whose words count as bias words for B-WER: `"keywords"` (the manifest's rare
             words of each transcript) or `"bias_words"` (the list the biasing prompt shows).
@@ -93,26 +107,40 @@ class ScriptArguments:
             loop). Weigh them with `--reward_weights`.
     """
 
-    dataset_config: str = field(
-        default=DEFAULT_DATASET_CONFIG,
+    dataset_config: str | None = field(
+        default=None,
         metadata={
             "help": "JSON dataset config of the training set: `dataset_name` and the keys of create_audio_dataset; "
-            "its relative paths resolve against the file's folder. Defaults to the bundled "
-            "examples/configs/audio_dataset_config.json."
+            "its relative paths resolve against the file's folder. Without it, --dataset_name or manifest paths, the "
+            "bundled examples/configs/audio_dataset_config.json.",
+            "aliases": ["--dataset_config_path"],
         },
     )
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Source of the training set, replacing the config's `dataset_name`. None keeps the config's.",
+            "help": "Source of the training set, replacing the config's `dataset_name` (and its source's keys). "
+            "Alone, 'openasr' is the ESB LibriSpeech test.clean split, from the hub.",
             "choices": list(SOURCES),
         },
     )
-    eval_dataset_config: str | None = field(
+    tsv_paths: list[str] | None = field(default=None, metadata={"help": "TSV manifests of the training set."})
+    jsonl_paths: list[str] | None = field(default=None, metadata={"help": "JSONL manifests of the training set."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first this many training rows."})
+    dataset_streaming: bool = field(default=False, metadata={"help": "Read the training set as it is consumed."})
+    eval_dataset_config: list[str] | None = field(
         default=None,
         metadata={
-            "help": "JSON dataset config of an evaluation set. When given, WER, B-WER and U-WER of greedy transcripts "
-            "are reported before and after training and written to <output_dir>/eval_results.json."
+            "help": "JSON dataset configs of evaluation sets, each `path` or `name=path`. WER, CER, B-WER and U-WER "
+            "of greedy transcripts are logged as eval/<name>/<metric> at the start, at the evaluation steps "
+            "(--eval_strategy steps --eval_steps N) and at the end."
+        },
+    )
+    normalization: str = field(
+        default="whisper",
+        metadata={
+            "help": "Normalization of transcripts before rewards and evaluation count errors.",
+            "choices": list(NORMALIZERS),
         },
     )
     eval_bias_column: str = field(
@@ -141,7 +169,24 @@ class ScriptArguments:
     )
 
     def __post_init__(self):
-        get_reward_funcs(self.reward_funcs)  # fails on unknown names before any model loads
+        get_reward_funcs(self.reward_funcs, self.normalization)  # fails on unknown names before any model loads
+        if isinstance(self.eval_dataset_config, str):  # one path, as a recipe may give it
+            self.eval_dataset_config = [self.eval_dataset_config]
+        self.eval_dataset_configs = {}
+        for spec in self.eval_dataset_config or []:
+            name, path = spec.split("=", 1) if "=" in spec else (Path(spec).stem, spec)
+            if name in self.eval_dataset_configs:
+                raise ValueError(f"Two evaluation sets are named {name!r}: name them, as `name=path`.")
+            self.eval_dataset_configs[name] = load_dataset_config(path)
+        self.train_dataset_config = dataset_config_from_args(
+            self.dataset_config,
+            self.dataset_name,
+            default_config=DEFAULT_DATASET_CONFIG,
+            tsv_paths=self.tsv_paths,
+            jsonl_paths=self.jsonl_paths,
+            num_egs=self.max_train_samples,
+            streaming=True if self.dataset_streaming else None,
+        )
         if self.speech_lora not in SPEECH_LORA_MODES:
             raise ValueError(f"speech_lora must be one of {SPEECH_LORA_MODES}, got {self.speech_lora!r}.")
         if self.dataset_name is not None and self.dataset_name not in SOURCES:
@@ -156,6 +201,10 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
             "speech_lora='train' trains Phi-4-MM's speech adapter itself: drop --use_peft, or use speech_lora='merge' "
             "to train a new LoRA on top of the merged one."
         )
+    # The data first: a dataset that cannot be read fails before a model is loaded.
+    skip_counter = SkipCounter()
+    train_dataset = create_audio_dataset(**script_args.train_dataset_config, skip_counter=skip_counter)
+    eval_sets = {name: create_audio_dataset(**config) for name, config in script_args.eval_dataset_configs.items()}
     quantization_config = get_quantization_config(model_args)
     load_kwargs = {
         "dtype": model_args.dtype,
@@ -173,40 +222,29 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
         ref_model = init_model(model_args.model_name_or_path, speech_lora="merge", **load_kwargs)[0]
 
     peft_config = get_peft_config(model_args)
-    if peft_config is not None and model_args.lora_target_modules is None:
-        peft_config.target_modules = decoder_lora_targets(model.config.model_type)
-        logger.info("LoRA on the text decoder's projections: target_modules=%r", peft_config.target_modules)
-    skip_counter = SkipCounter()
-    train_dataset = dataset_from_config(script_args.dataset_config, script_args.dataset_name, skip_counter)
-    eval_rows = list(dataset_from_config(script_args.eval_dataset_config)) if script_args.eval_dataset_config else []
+    if peft_config is not None:
+        peft_config.target_modules = lora_target_modules(model_args.lora_target_modules, model.config.model_type)
+        logger.info("LoRA target_modules=%r", peft_config.target_modules)
     trainer = AudioOnlineDPOTrainer(
         model=model,
         ref_model=ref_model,
-        reward_funcs=get_reward_funcs(script_args.reward_funcs),
+        reward_funcs=get_reward_funcs(script_args.reward_funcs, script_args.normalization),
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
         peft_config=peft_config,
+        # the evaluation sets stand as TRL's eval_dataset, so that --eval_strategy is accepted; the callback below
+        # replaces the trainer's own evaluation (a loss, which these rows have no pairs for)
+        eval_dataset=eval_sets if eval_sets and training_args.eval_strategy != "no" else None,
         callbacks=callbacks,
         skip_counter=skip_counter,
     )
-
-    def evaluate():  # through the trainer's model, on the training device
-        if not eval_rows:
-            return None
-        result = evaluate_rows(
-            trainer.model,
-            processor,
-            eval_rows,
-            bias_column=script_args.eval_bias_column,
-            batch_size=training_args.per_device_eval_batch_size,
-            max_new_tokens=training_args.max_new_tokens,
-            max_audio_seconds=training_args.max_audio_seconds,
+    evaluation = None
+    if eval_sets:  # at the start, at the evaluation points and at the end, through the trainer's loggers
+        evaluation = TranscriptionEvalCallback(
+            trainer, eval_sets, script_args.eval_bias_column, normalization=script_args.normalization
         )
-        logger.info("WER on the evaluation set: %s", format_metrics(result["metrics"]))
-        return result
-
-    eval_before = evaluate()  # a fresh LoRA starts as a no-op, so this is the initial policy
+        trainer.add_callback(evaluation)
 
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # The processor is saved with the weights. With PEFT the weights are the adapter only: load it on top of
@@ -214,12 +252,14 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
     trainer.save_model(training_args.output_dir)
     logger.info("Saved the model and processor to %s", training_args.output_dir)
 
-    eval_after = evaluate()
-    if eval_after:
+    eval_before = eval_after = None
+    if evaluation is not None:  # the first set's evaluations at the start and at the end
+        history = evaluation.history[next(iter(eval_sets))]
+        eval_before, eval_after = history[0], history[-1]
         if trainer.accelerator.is_main_process:
             path = os.path.join(training_args.output_dir, "eval_results.json")
             with open(path, "w", encoding="utf-8") as f:
-                json.dump({"before": eval_before, "after": eval_after}, f, indent=2)
+                json.dump({"before": eval_before, "after": eval_after, "history": evaluation.history}, f, indent=2)
     if training_args.push_to_hub:
         trainer.push_to_hub()
     results = {"log_history": trainer.state.log_history, "eval_before": eval_before, "eval_after": eval_after}
