@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoProcessor
+from transformers import AutoProcessor, LlamaConfig, LlamaForSequenceClassification
 from transformers.utils import is_torch_bf16_gpu_available
 
 from trl_audio.audio_dataset import create_audio_dataset, load_dataset_config
@@ -270,3 +270,57 @@ def test_evaluation_sets_are_scored_at_the_start_every_eval_steps_and_at_the_end
     saved = json.loads((tmp_path / "out/eval_results.json").read_text())
     assert [h["step"] for h in saved["history"]["plain"]] == [0, 2, 3]
     assert saved["after"]["metrics"]["wer"] == [e for e in logs if "eval/plain/wer" in e][-1]["eval/plain/wer"]
+
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tiny_phi4mm_dir, tmp_path_factory):
+    """A random sequence-classification reward model sharing the tiny Phi-4-MM's tokenizer."""
+    path = tmp_path_factory.mktemp("reward_model")
+    tokenizer = AutoProcessor.from_pretrained(tiny_phi4mm_dir).tokenizer
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_labels=1, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_the_original_reward_model_command_trains(tiny_phi4mm_dir, tiny_reward_model, tmp_path):
+    argv = [
+        "--model_name_or_path", str(tiny_phi4mm_dir),
+        "--dataset_config_path", str(CONFIGS_DIR / "audio_dataset_config.json"),
+        "--reward_model_path", str(tiny_reward_model), "--use_peft", "--gradient_checkpointing",
+        "--output_dir", str(tmp_path),
+        # a short CPU run
+        "--max_steps", "2", "--per_device_train_batch_size", "2", "--max_new_tokens", "8", "--report_to", "none",
+        "--save_strategy", "no", "--logging_steps", "1",
+    ]  # fmt: skip
+    script_args, training_args, model_args = parse(argv)
+    steps = [logs for logs in cli.main(script_args, training_args, model_args)["log_history"] if "loss" in logs]
+    assert (script_args.judge, script_args.judge_model) == ("reward_model", str(tiny_reward_model))
+    assert len(steps) == 2 and all("rewards/judge_wins/mean" in logs for logs in steps)
+    assert all("rewards/wer_reward/mean" in logs for logs in steps)  # the reward functions, logged alongside
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--judge", "llm", "--reward_model_path", "rm"], "give one of them"),
+        (["--judge", "openai"], "needs --judge_model"),
+        (["--judge", "llm", "--judge_base_url", "http://127.0.0.1:1/v1"], "are for --judge openai"),
+        (["--judge", "oracle"], "invalid choice"),
+    ],
+)
+def test_judge_flags_are_checked_before_any_model_loads(flags, match, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "init_model", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    with pytest.raises((ValueError, SystemExit)) as info:
+        cli.main(*parse(["--model_name_or_path", "m", "--output_dir", "o", *flags]))
+    assert match in str(info.value) + capsys.readouterr().err
+
+
+def test_a_reference_judge_from_the_command_line(tiny_phi4mm_dir, tmp_path):
+    argv = tiny_run_args(tiny_phi4mm_dir, tmp_path, "--judge", "reference", "--tsv_paths", str(SAMPLE / "train.tsv"))
+    steps = [logs for logs in cli.main(*parse(argv))["log_history"] if "loss" in logs]
+    assert len(steps) == 2 and all(0 <= logs["rewards/judge_wins/mean"] <= 1 for logs in steps)

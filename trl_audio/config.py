@@ -36,6 +36,10 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
             appended to `<output_dir>/completions.jsonl`, and the same as a table to wandb and as text to tensorboard
             when they are in `report_to`. Main process only.
 
+        save_on_preemption (`bool`, *optional*, defaults to `True`):
+            On SIGTERM or SIGINT during training, finish the current step, save a checkpoint and stop (exit code 0);
+            see `trl_audio.preemption`. Resume with `resume_from_checkpoint`.
+
     > Speed (each switch changes only the time a step takes, not its results; turn one off to check that)
 
         generate_with_cache (`bool`, *optional*, defaults to `True`):
@@ -101,6 +105,10 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
             "help": "Every logging_steps, log the last step's prompts with their samples, scores and rewards to "
             "<output_dir>/completions.jsonl, and to wandb (a table) and tensorboard (text) when in report_to."
         },
+    )
+    save_on_preemption: bool = field(
+        default=True,
+        metadata={"help": "On SIGTERM or SIGINT, finish the current step, save a checkpoint and stop (exit code 0)."},
     )
     generate_with_cache: bool = field(
         default=True,

@@ -223,7 +223,8 @@ class TranscriptionEvalCallback(TrainerCallback):
     hypothesis, WER, bias words hit and missed) is written to `<output_dir>/eval/<set>/step-<step>.jsonl`, and
     `history[<set>]` keeps every evaluation's result. The trainer's own evaluation (a loss over `eval_dataset`) is
     replaced: these rows have no preference pairs to compute one from. With several processes every process
-    transcribes (the model is sharded or replicated) and the main one logs and writes.
+    transcribes (the model is sharded or replicated) and the main one logs and writes. A run stopped before its last
+    step (pre-empted, see `trl_audio.preemption`) is not evaluated at its end: the resumed run will be.
 
     Args:
         trainer: the `AudioOnlineDPOTrainer` whose model is evaluated (its processor transcribes).
@@ -296,4 +297,6 @@ class TranscriptionEvalCallback(TrainerCallback):
         self.on_step_end(args, state, control, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step < state.max_steps:
+            return  # stopped before its end (pre-empted): the run that resumes evaluates at its end
         self.evaluate(state.global_step)

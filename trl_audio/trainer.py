@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import os
+import resource
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -29,6 +30,7 @@ from trl.trainer.utils import selective_log_softmax
 
 from .config import AudioOnlineDPOConfig
 from .judges import PairwiseJudge
+from .preemption import PreemptionCallback
 from .prompt_embeds import AudioEmbeddingReader, PromptBatch
 from .prompt_inputs import (
     SKIPPED_KEY,
@@ -76,6 +78,8 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
       prompt, 0 (a preferred), 1 (b preferred) or None (no preference). With a judge, the samples are ranked by their
       wins in a round robin of the judge; `reward_funcs` may then be omitted, and those given are computed and logged
       only.
+    - `preemption` (attribute): the `PreemptionCallback` that saves and stops on SIGTERM / SIGINT
+      (`save_on_preemption`); `preemption.received` tells whether it did.
     - `skip_counter`: the `SkipCounter` in which rows left out are counted (bad audio met by the collator, prompts too
       long for `max_length`); pass the one given to `create_audio_dataset` to log the dataset's skips too. Its counts
       are logged as `data/skipped/<reason>` and `data/skipped/total`.
@@ -132,6 +136,9 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             self.generation_config.use_cache = True
         self._audio_readers: dict[int, AudioEmbeddingReader | None] = {}
         self._last_completions: list[dict] = []
+        self.preemption = PreemptionCallback() if args.save_on_preemption else None
+        if self.preemption is not None:
+            self.add_callback(self.preemption)
         self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
         self.reward_names = self.reward_func_names + (["judge_wins"] if judge is not None else [])
         for name in self.reward_names:
@@ -506,12 +513,13 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         return super()._maybe_log_save_evaluate(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Same as Trainer.log, except that training logs carry the running counts of `skip_counter`, by reason, and
-        # are followed by the completions table when `log_completions` is on.
+        # Same as Trainer.log, except that training logs carry the running counts of `skip_counter` by reason and the
+        # peak memory of the logging window, and are followed by the completions table when `log_completions` is on.
         if "loss" in logs:
             logs["data/skipped/total"] = self.skip_counter.total
             for reason in SKIP_REASONS:
                 logs[f"data/skipped/{reason}"] = self.skip_counter.by_reason[reason]
+            logs["memory/peak_mb"] = window_peak_memory_mb(self.accelerator.device)
         super().log(logs, start_time)
         if "loss" in logs and self.args.log_completions and self._last_completions:
             self._log_completions(self._last_completions)
@@ -544,6 +552,24 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
                 lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
                 lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in cells]
                 callback.tb_writer.add_text("completions", "\n".join(lines), step)
+
+
+def window_peak_memory_mb(device: torch.device) -> float:
+    """The peak memory since the previous call (the first call: since the process started), in MiB, and a new window
+    started: on a GPU the most memory torch allocated on `device`; on the CPU the process's peak resident set size
+    (Linux: VmHWM, reset through /proc/self/clear_refs; elsewhere the lifetime peak)."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return peak / 2**20
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux; the lifetime peak
+    return peak_kb / 1024
 
 
 def prompt_text(prompt: Any) -> str:

@@ -53,7 +53,9 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.audio_dataset import SOURCES, create_audio_dataset, dataset_config_from_args, load_dataset_config
 from trl_audio.evaluation import TranscriptionEvalCallback
+from trl_audio.judges import JUDGES, get_judge
 from trl_audio.modeling import SPEECH_LORA_MODES, init_model, lora_target_modules
+from trl_audio.preemption import latest_complete_checkpoint
 from trl_audio.rewards import REWARD_FUNCS, get_reward_funcs
 from trl_audio.skips import SkipCounter
 from trl_audio.text import NORMALIZERS
@@ -101,6 +103,19 @@ class ScriptArguments:
             into the weights (train a fresh LoRA on top with `--use_peft`, or all weights), `"train"` it as the
             trainable adapter (not with `--use_peft`; the reference is then a separately loaded merged copy), or
             `"off"` for models without one.
+        judge (`str` or `None`, *optional*, defaults to `None`):
+            A pairwise judge that ranks the samples instead of the reward functions (which are then logged only):
+            `reference` (lower WER wins), `reward_model`, `llm`, `audio_llm` (an audio LLM that hears the clip) or
+            `openai` (an OpenAI-compatible endpoint); see `trl_audio.judges.get_judge`.
+        judge_model (`str` or `None`, *optional*, defaults to `None`):
+            The judge's model: a path or hub id for `reward_model`, `llm` and `audio_llm` (`llm` / `audio_llm` default
+            to the model being trained, loaded once more), the endpoint's model name for `openai`.
+        judge_base_url, judge_api_key_env (`str` or `None`, *optional*):
+            `openai` only: the endpoint (e.g. `http://127.0.0.1:8000/v1`) and the environment variable holding its key
+            (default `OPENAI_API_KEY`; the key itself is never logged).
+
+    TRL's `--reward_model_path` (of `OnlineDPOConfig`, the original command line's flag) is `--judge reward_model
+    --judge_model <path>`: a sequence-classification reward model ranks the samples.
         reward_funcs (`list[str]`, *optional*, defaults to `["wer", "bias_word_recall"]`):
             Reward functions, among `wer` (minus the WER against the `text` column), `bias_word_recall` (recall of the
             row's `keywords`) and `word_count` (minus the number of words: a reward any model can learn, to check the
@@ -159,6 +174,21 @@ class ScriptArguments:
             "choices": list(SPEECH_LORA_MODES),
         },
     )
+    judge: str | None = field(
+        default=None,
+        metadata={
+            "help": "A pairwise judge that ranks the samples (the reward functions are then logged only).",
+            "choices": list(JUDGES),
+        },
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={"help": "The judge's model: a path or hub id, or the endpoint's model name for --judge openai."},
+    )
+    judge_base_url: str | None = field(default=None, metadata={"help": "--judge openai: the endpoint's base URL."})
+    judge_api_key_env: str | None = field(
+        default=None, metadata={"help": "--judge openai: the environment variable holding the key."}
+    )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["wer", "bias_word_recall"],
         metadata={
@@ -187,6 +217,8 @@ class ScriptArguments:
             num_egs=self.max_train_samples,
             streaming=True if self.dataset_streaming else None,
         )
+        if self.judge != "openai" and (self.judge_base_url or self.judge_api_key_env):
+            raise ValueError("--judge_base_url and --judge_api_key_env are for --judge openai.")
         if self.speech_lora not in SPEECH_LORA_MODES:
             raise ValueError(f"speech_lora must be one of {SPEECH_LORA_MODES}, got {self.speech_lora!r}.")
         if self.dataset_name is not None and self.dataset_name not in SOURCES:
@@ -201,6 +233,15 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
             "speech_lora='train' trains Phi-4-MM's speech adapter itself: drop --use_peft, or use speech_lora='merge' "
             "to train a new LoRA on top of the merged one."
         )
+    if training_args.reward_model_path is not None:
+        if script_args.judge not in (None, "reward_model") or script_args.judge_model not in (
+            None,
+            training_args.reward_model_path,
+        ):
+            raise ValueError("--reward_model_path is --judge reward_model --judge_model <path>: give one of them.")
+        script_args.judge, script_args.judge_model = "reward_model", training_args.reward_model_path
+    if script_args.judge in ("reward_model", "openai") and script_args.judge_model is None:
+        raise ValueError(f"--judge {script_args.judge} needs --judge_model: a model's path, or the endpoint's model.")
     # The data first: a dataset that cannot be read fails before a model is loaded.
     skip_counter = SkipCounter()
     train_dataset = create_audio_dataset(**script_args.train_dataset_config, skip_counter=skip_counter)
@@ -221,6 +262,17 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
         # TRL's PEFT reference (adapter disabled) would be the model without its speech ability: load the merged one.
         ref_model = init_model(model_args.model_name_or_path, speech_lora="merge", **load_kwargs)[0]
 
+    judge = None
+    if script_args.judge == "reference":
+        judge = get_judge("reference", normalization=script_args.normalization)
+    elif script_args.judge is not None:
+        options = {"model": script_args.judge_model or model_args.model_name_or_path}
+        if script_args.judge == "audio_llm":  # loaded like the policy, its speech adapter merged
+            options["model_kwargs"] = {"speech_lora": "off" if script_args.speech_lora == "off" else "merge"}
+        if script_args.judge == "openai":
+            endpoint = {"base_url": script_args.judge_base_url, "api_key_env": script_args.judge_api_key_env}
+            options |= {key: value for key, value in endpoint.items() if value is not None}
+        judge = get_judge(script_args.judge, **options)
     peft_config = get_peft_config(model_args)
     if peft_config is not None:
         peft_config.target_modules = lora_target_modules(model_args.lora_target_modules, model.config.model_type)
@@ -229,6 +281,7 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
         model=model,
         ref_model=ref_model,
         reward_funcs=get_reward_funcs(script_args.reward_funcs, script_args.normalization),
+        judge=judge,
         args=training_args,
         train_dataset=train_dataset,
         processing_class=processor,
@@ -246,7 +299,15 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
         )
         trainer.add_callback(evaluation)
 
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    resume = training_args.resume_from_checkpoint
+    if resume is not None and resume.lower() in ("true", "latest"):  # the newest checkpoint saved completely
+        resume = latest_complete_checkpoint(training_args.output_dir)
+        logger.info("Resuming from %s", resume or "scratch: no complete checkpoint yet")
+    trainer.train(resume_from_checkpoint=resume)
+    if trainer.preemption is not None and trainer.preemption.received is not None:
+        logger.warning("Pre-empted at step %d: resume with --resume_from_checkpoint true", trainer.state.global_step)
+        trainer.end()
+        return {"log_history": trainer.state.log_history, "eval_before": None, "eval_after": None, "preempted": True}
     # The processor is saved with the weights. With PEFT the weights are the adapter only: load it on top of
     # `init_model(<model>, speech_lora=<speech_lora>)` (see README_phi4_multimodal_dpo.md).
     trainer.save_model(training_args.output_dir)
