@@ -347,19 +347,23 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         # - the prompts' audio goes through the processor, and its outputs through every pass, as one dict; each clip
         #   is encoded once per step while the audio encoder is frozen (`reuse_audio_embeddings`);
         # - rows with bad audio or too long a prompt are skipped and counted in `skip_counter`, never truncated; a
-        #   batch with no row left returns a zero loss without logging anything;
+        #   batch with no row left returns a zero loss without logging anything (with several processes, it still
+        #   takes part in their collective operations: `_take_part_without_rows`);
         # - `num_generations` samples per prompt (TRL: 2) give a best-vs-worst pair, and tied pairs are left out of
         #   the loss (TRL trains on them as if the first sample won);
         # - a pairwise judge may rank the samples (round robin) instead of the reward functions;
         # - the samples are ranked before the policy and reference passes, which then run on each prompt's chosen and
         #   rejected samples only (`forward_pairs_only`; TRL runs them on every sample);
-        # - metrics are logged by `_log_step_metrics`, where KL and entropy differ from TRL's (see there).
+        # - metrics are logged by `_log_step_metrics`, averaged over every process's samples (TRL: some per process),
+        #   and KL and entropy differ from TRL's (see there).
         start_time = time.perf_counter()
         model.train()
         inputs = dict(inputs)
         self.skip_counter.update(inputs.pop(SKIPPED_KEY, {}))
         inputs, prompt_inputs = self._prepare_prompt_inputs(inputs) if inputs["prompt"] else (inputs, {})
         if not prompt_inputs:  # every row of this batch was skipped: nothing to learn from, nothing to average
+            if self.accelerator.num_processes > 1:
+                return self._take_part_without_rows(model)
             return torch.zeros((), device=self.accelerator.device)
 
         prompts = inputs["prompt"]
@@ -402,15 +406,6 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         ref_logratios = ref_logprobs_sum[chosen] - ref_logprobs_sum[rejected]
         loss = mean_over_preferred(dpo_losses(logratios, ref_logratios, self.beta, self.args.loss_type), tied)
         kl = ((logprobs - ref_logprobs) * sample_mask).sum(1)
-        self._log_step_metrics(
-            inputs,
-            rewards,
-            rewards_per_func,
-            (chosen_indices, rejected_indices, tied),
-            (samples, chosen, rejected, logprobs_sum.detach(), ref_logprobs_sum, kl.detach()),
-            completion_mask,
-            contain_eos_token,
-        )
 
         if (
             self.args.torch_empty_cache_steps is not None
@@ -423,8 +418,28 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         if self.args.n_gpu > 1:
             loss = loss.mean()
         self.accelerator.backward(loss, **backward_kwargs)
-        self.stats["perf/samples_per_second"].append(batch_size * n / (time.perf_counter() - start_time))
+        self._log_step_metrics(
+            inputs,
+            rewards,
+            rewards_per_func,
+            (chosen_indices, rejected_indices, tied),
+            (samples, chosen, rejected, logprobs_sum.detach(), ref_logprobs_sum, kl.detach()),
+            completion_mask,
+            contain_eos_token,
+            time.perf_counter() - start_time,
+        )
         return loss.detach() / self.args.gradient_accumulation_steps
+
+    def _take_part_without_rows(self, model: nn.Module) -> torch.Tensor:
+        """A step for a process whose rows were all skipped while other processes train: the same collective
+        operations as theirs (one forward and backward of the wrapped model, whose gradients are all zero, and the
+        metrics' reduction, to which it adds nothing), so that no process waits forever."""
+        pad = self._tokenizer.pad_token_id
+        input_ids = torch.full((1, 1), pad if pad is not None else 0, device=self.accelerator.device)
+        loss = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits.sum() * 0.0
+        self.accelerator.backward(loss)
+        self._log_step_metrics(None)
+        return loss.detach()
 
     def _score(self, prompts, inputs, completion_ids, completion_mask, contain_eos_token):
         """Each sample's score (the weighted reward functions, or the judge's round-robin wins; minus
@@ -454,13 +469,14 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
 
     def _log_step_metrics(
         self,
-        inputs: dict[str, list],
-        rewards: torch.Tensor,
-        rewards_per_func: torch.Tensor,
-        pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        passes: tuple[torch.Tensor, ...],
-        completion_mask: torch.Tensor,
-        contain_eos_token: torch.Tensor,
+        inputs: dict[str, list] | None,
+        rewards: torch.Tensor | None = None,
+        rewards_per_func: torch.Tensor | None = None,
+        pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        passes: tuple[torch.Tensor, ...] | None = None,
+        completion_mask: torch.Tensor | None = None,
+        contain_eos_token: torch.Tensor | None = None,
+        seconds: float | None = None,
     ) -> None:
         """Appends one step's metrics to `self.stats`: TRL's online-DPO metrics, then ours (`rewards/<name>/mean|std`
         per reward function, `pairs/tied_fraction`, `completions/mean_length`, `audio/seconds`).
@@ -468,43 +484,64 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         `rewards`, `completion_mask` and `contain_eos_token` cover every sample; `pairs` is `(chosen_indices,
         rejected_indices, tied)` from `select_pairs`; `passes` is `(samples, chosen, rejected, logps, ref_logps, kl)`
         for the samples that went through the policy and reference passes: their indices, the positions of each
-        prompt's chosen and rejected sample among them, and their summed log-probs and log-ratios. Unlike TRL's,
-        `objective/kl` and `objective/entropy` (and so `objective/non_score_reward` and `objective/rlhf_reward`) sum
-        the per-token terms over the completion tokens only (TRL also sums over the padding after a completion's
-        end), and are averaged over the samples that went through the passes: the chosen and rejected ones, with
-        `forward_pairs_only`.
+        prompt's chosen and rejected sample among them, and their summed log-probs and log-ratios; `seconds` the
+        step's time. Unlike TRL's, `objective/kl` and `objective/entropy` (and so `objective/non_score_reward` and
+        `objective/rlhf_reward`) sum the per-token terms over the completion tokens only (TRL also sums over the
+        padding after a completion's end), and are averaged over the samples that went through the passes: the chosen
+        and rejected ones, with `forward_pairs_only`.
+
+        Every metric is averaged over all processes' samples (`audio/seconds` and `perf/samples_per_second` are
+        summed: the step's total), through one all-reduce of sums and counts; so every process calls this once per
+        step, with `inputs=None` when all its rows were skipped (it then adds nothing to the averages).
         """
-        gather = self.accelerator.gather_for_metrics
-        chosen_indices, rejected_indices, tied = pairs
-        samples, chosen, rejected, logps, ref_logps, kl = passes
-        chosen_logps, rejected_logps = logps[chosen], logps[rejected]
-        chosen_ref_logps, rejected_ref_logps = ref_logps[chosen], ref_logps[rejected]
-        scores_margin = rewards[chosen_indices] - rewards[rejected_indices]
-        self.stats["objective/scores_margin"].append(gather(scores_margin.mean()).mean().item())
-        self.stats["objective/scores"].append(gather(rewards.mean()).mean().item())
-        self.stats["val/contain_eos_token"].append(contain_eos_token.float().mean().item())
-        self.stats["logps/chosen"].append(gather(chosen_logps).mean().item())
-        self.stats["logps/rejected"].append(gather(rejected_logps).mean().item())
-        self.stats["objective/kl"].append(gather(kl.mean()).mean().item())
-        non_score_reward = -self.beta * kl
-        self.stats["objective/non_score_reward"].append(gather(non_score_reward.mean()).mean().item())
-        self.stats["objective/rlhf_reward"].append(gather(rewards[samples] + non_score_reward).mean().item())
-        self.stats["objective/entropy"].append(gather(-logps.mean()).mean().item())
-        chosen_rewards = gather(self.beta * (chosen_logps - chosen_ref_logps))
-        rejected_rewards = gather(self.beta * (rejected_logps - rejected_ref_logps))
-        self.stats["rewards/chosen"].append(chosen_rewards.mean().item())
-        self.stats["rewards/rejected"].append(rejected_rewards.mean().item())
-        margin = chosen_rewards - rejected_rewards
-        self.stats["rewards/margins"].append(margin.mean().item())
-        self.stats["rewards/accuracies"].append((margin > 0).float().mean().item())
+        values: dict[str, torch.Tensor] = {}
+        if inputs is not None:
+            chosen_indices, rejected_indices, tied = pairs
+            samples, chosen, rejected, logps, ref_logps, kl = passes
+            chosen_rewards = self.beta * (logps[chosen] - ref_logps[chosen])
+            rejected_rewards = self.beta * (logps[rejected] - ref_logps[rejected])
+            margin = chosen_rewards - rejected_rewards
+            values = {
+                "objective/scores_margin": rewards[chosen_indices] - rewards[rejected_indices],
+                "objective/scores": rewards,
+                "val/contain_eos_token": contain_eos_token,
+                "logps/chosen": logps[chosen],
+                "logps/rejected": logps[rejected],
+                "objective/kl": kl,
+                "objective/non_score_reward": -self.beta * kl,
+                "objective/rlhf_reward": rewards[samples] - self.beta * kl,
+                "objective/entropy": -logps,
+                "rewards/chosen": chosen_rewards,
+                "rewards/rejected": rejected_rewards,
+                "rewards/margins": margin,
+                "rewards/accuracies": margin > 0,
+                **{f"rewards/{name}": column for name, column in zip(self.reward_names, rewards_per_func.T)},
+                "pairs/tied_fraction": tied,
+                "completions/mean_length": completion_mask.sum(1),
+            }
+            audio = sum(len(a) for a in inputs.get("audio") or [] if a is not None) / (self.sampling_rate or 1)
+            values["audio/seconds"] = torch.tensor(float(audio))
+            values["perf/samples_per_second"] = torch.tensor(len(rewards) / seconds)
+        names = [*STEP_METRICS, *(f"rewards/{name}" for name in self.reward_names), *SUMMED_METRICS]
+        local = torch.zeros(len(names), 3, device=self.accelerator.device)  # sum, count, sum of squares
+        for row, name in enumerate(names):
+            if name in values:
+                v = values[name].detach().float().flatten().to(local.device)
+                v = v[~v.isnan()]  # a reward function's None
+                local[row] = torch.stack([v.sum(), torch.tensor(float(v.numel()), device=v.device), (v * v).sum()])
+        total, count, squares = self.accelerator.reduce(local, reduction="sum").unbind(1)
+        mean = (total / count).tolist()  # NaN where no process had a value
+        for row, name in enumerate(names):
+            if name in SUMMED_METRICS:
+                self.stats[name].append(total[row].item() if count[row] else float("nan"))
+            elif name.removeprefix("rewards/") in self.reward_names:
+                n = count[row]
+                variance = (squares[row] - total[row] ** 2 / n) / (n - 1) if n > 1 else torch.tensor(0.0)
+                self.stats[f"{name}/mean"].append(mean[row])
+                self.stats[f"{name}/std"].append(variance.clamp(min=0).sqrt().item() if n else float("nan"))
+            else:
+                self.stats[name].append(mean[row])
         self.stats["beta"].append(self.beta)
-        for name, values in zip(self.reward_names, gather(rewards_per_func).T):
-            self.stats[f"rewards/{name}/mean"].append(values.nanmean().item())
-            self.stats[f"rewards/{name}/std"].append(values[~values.isnan()].std().nan_to_num().item())
-        self.stats["pairs/tied_fraction"].append(gather(tied.float()).mean().item())
-        self.stats["completions/mean_length"].append(gather(completion_mask.sum(1).float()).mean().item())
-        audio_seconds = sum(len(a) for a in inputs.get("audio") or [] if a is not None) / (self.sampling_rate or 1)
-        self.stats["audio/seconds"].append(audio_seconds)
 
     def _maybe_log_save_evaluate(self, *args, **kwargs):
         # Same as OnlineDPOTrainer._maybe_log_save_evaluate, except that a metric with no value in the logging window
@@ -552,6 +589,28 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
                 lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
                 lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in cells]
                 callback.tb_writer.add_text("completions", "\n".join(lines), step)
+
+
+# The step metrics `_log_step_metrics` averages over every process's samples, in a fixed order (the same on every
+# process), and those it sums.
+STEP_METRICS = (
+    "objective/scores_margin",
+    "objective/scores",
+    "val/contain_eos_token",
+    "logps/chosen",
+    "logps/rejected",
+    "objective/kl",
+    "objective/non_score_reward",
+    "objective/rlhf_reward",
+    "objective/entropy",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "pairs/tied_fraction",
+    "completions/mean_length",
+)
+SUMMED_METRICS = ("audio/seconds", "perf/samples_per_second")
 
 
 def window_peak_memory_mb(device: torch.device) -> float:
