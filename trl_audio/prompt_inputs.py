@@ -8,8 +8,9 @@ import logging
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
-from transformers import ProcessorMixin
+from transformers import Phi4MultimodalFeatureExtractor, ProcessorMixin
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 
 from .audio_utils import AudioLoadError, load_audio
@@ -160,12 +161,45 @@ def _call_processor(processing_class: Any, texts: list[str], clips: list) -> dic
     extractors pad to their 30 s window, and models such as GLM-ASR rely on it)."""
     text_kwargs = {"padding": True, "padding_side": "left", "add_special_tokens": False}
     if isinstance(processing_class, ProcessorMixin):
+        clips = _pad_clips_phi4mm_extractor_crashes_on(processing_class, clips)
         audio_kwargs = {"audio": clips, "sampling_rate": processor_sampling_rate(processing_class)} if clips else {}
         inputs = processing_class(text=texts, text_kwargs=text_kwargs, return_tensors="pt", **audio_kwargs)
     else:
         inputs = processing_class(text=texts, return_tensors="pt", **text_kwargs)
     unused = getattr(processing_class, "unused_input_names", None) or []
     return {k: v for k, v in inputs.items() if k not in unused}
+
+
+def _pad_clips_phi4mm_extractor_crashes_on(processing_class: Any, clips: list) -> list:
+    """`clips` (1-D arrays, as `AudioPromptCollator` gives them) with those that crash the Phi-4-MM feature extractor
+    zero-padded, so that it gives the outputs it would give without its bug; for other extractors, `clips` as they are.
+
+    The bug (transformers 5.24.0, `Phi4MultimodalFeatureExtractor._torch_extract_fbank_features`, lines 233-246): in a
+    batch, each clip shorter than the longest has its frames from `(length - 400) // 160 + 1` (its frame count) up to
+    `length // 160 - 1` zeroed, through the slice `frames[idxs, offset_idx:max_idx]` and a mask as wide as
+    `max_idx - offset_idx`. The batch has `(longest - 400) // 160 + 1` frames, and a shorter clip in the longest clip's
+    last 160-sample hop (`length // 160 == longest // 160`) reaches one frame past them when the longest ends less than
+    80 samples into that hop (`longest % 160 < 80`). The slice then stops at the batch's last frame and the mask does
+    not: `masked_fill_` raises "The size of tensor a (n) must match the size of tensor b (n + 1)" (unless no clip has
+    fewer frames than the longest: the slice is then empty and the mask, one frame wide, broadcasts).
+
+    Such a clip has as many frames as the longest, each ending before its last sample, so padding it to the longest
+    clip's length changes none of its features nor its `audio_embed_sizes`, and takes it out of the masking (clips as
+    long as the longest are not masked): every clip gets the features that a fixed extractor gives it. The common
+    path costs one pass over the lengths. Remove this when
+    `tests/test_prompt_inputs.py::test_phi4mm_feature_extractor_bug_is_still_there` fails: transformers fixed it.
+    """
+    extractor = getattr(processing_class, "audio_processor", None)
+    if not isinstance(extractor, Phi4MultimodalFeatureExtractor) or len(clips) < 2:
+        return clips
+    hop, win = extractor.hop_length, extractor.win_length
+    longest = max(len(clip) for clip in clips)
+    num_frames = (longest - win) // hop + 1
+
+    def overruns(length: int) -> bool:  # reaches past the batch's frames, with exactly as many frames as the longest
+        return length < longest and length // hop - 1 > num_frames and (length - win) // hop + 1 == num_frames
+
+    return [np.pad(np.asarray(clip), (0, longest - len(clip))) if overruns(len(clip)) else clip for clip in clips]
 
 
 def to_model_inputs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
