@@ -12,19 +12,13 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from datasets import Dataset
+from helpers import SAMPLE, audio_rows, make_config, token_sum_reward
 from peft import LoraConfig
 
-from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
+from trl_audio import AudioOnlineDPOTrainer
 from trl_audio.modeling import decoder_lora_targets
 from trl_audio.prompt_inputs import AudioPromptCollator, processor_sampling_rate
 from trl_audio.testing import load_tiny
-
-
-SAMPLE = Path(__file__).resolve().parents[1] / "examples/data/speech_sample"
-
-
-def token_sum_reward(completion_ids, **kwargs):
-    return [float(sum(ids)) for ids in completion_ids]
 
 
 def rank_reward(completions, **kwargs):
@@ -48,35 +42,16 @@ class BadOnRank(AudioPromptCollator):
 def main(model_dir, output_dir, bad_rank=None):
     torch.set_num_threads(1)
     model, processor = load_tiny(model_dir)
-    rows = [
-        {
-            "prompt": [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Transcribe."}]}],
-            "audio": str(SAMPLE / f"audio/ss_{i:04d}.flac"),
-        }
-        for i in range(1, 13)
-    ]
     collator = None
     if bad_rank is not None:
         collator = BadOnRank(int(bad_rank), processor_sampling_rate(processor), "skip")
     trainer = AudioOnlineDPOTrainer(
         model=model,
         reward_funcs=[token_sum_reward, rank_reward],
-        args=AudioOnlineDPOConfig(
-            output_dir=output_dir,
-            per_device_train_batch_size=2,
-            max_steps=3,
-            logging_steps=1,
-            max_new_tokens=6,
-            num_generations=2,
-            learning_rate=5e-2,
-            reward_weights=[1.0, 0.0],
-            report_to="none",
-            bf16=False,
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=0,
-        ),  # fmt: skip
-        train_dataset=Dataset.from_list(rows),
+        args=make_config(
+            output_dir, max_new_tokens=6, num_generations=2, learning_rate=5e-2, reward_weights=[1.0, 0.0]
+        ),
+        train_dataset=Dataset.from_list(audio_rows(12)),
         processing_class=processor,
         data_collator=collator,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=decoder_lora_targets(model.config.model_type)),

@@ -1,29 +1,12 @@
 """Training metrics reach the loggers users watch: tensorboard event files and an offline wandb run (wandb is an
 optional extra: its test skips without it), completions included."""
 
-from pathlib import Path
-
 import pytest
 from datasets import Dataset
+from helpers import audio_rows, make_config, token_sum_reward
 
-from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
+from trl_audio import AudioOnlineDPOTrainer
 from trl_audio.testing import load_tiny
-
-
-SAMPLE = Path(__file__).resolve().parents[1] / "examples/data/speech_sample"
-ROWS = [
-    {
-        "id": f"ss_{i:04d}",
-        "prompt": [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Transcribe."}]}],
-        "audio": str(SAMPLE / f"audio/ss_{i:04d}.flac"),
-        "text": "a b c",
-    }
-    for i in range(1, 5)
-]
-
-
-def token_sum_reward(completion_ids, **kwargs):
-    return [float(sum(ids)) for ids in completion_ids]
 
 
 def train(tiny_dir, output_dir, report_to):
@@ -31,20 +14,8 @@ def train(tiny_dir, output_dir, report_to):
     trainer = AudioOnlineDPOTrainer(
         model=model,
         reward_funcs=token_sum_reward,
-        args=AudioOnlineDPOConfig(
-            output_dir=str(output_dir),
-            report_to=report_to,
-            per_device_train_batch_size=2,
-            max_steps=2,
-            logging_steps=1,
-            max_new_tokens=4,
-            num_generations=2,
-            bf16=False,
-            save_strategy="no",
-            disable_tqdm=True,
-            log_completions=True,
-        ),  # fmt: skip
-        train_dataset=Dataset.from_list(ROWS),
+        args=make_config(output_dir, report_to=report_to, max_steps=2, max_new_tokens=4, log_completions=True),
+        train_dataset=Dataset.from_list(audio_rows(4)),
         processing_class=processor,
     )
     trainer.train()

@@ -7,34 +7,19 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
+from helpers import ROOT, SAMPLE, audio_rows, make_config, token_sum_reward
 from peft import LoraConfig
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
+from trl_audio import AudioOnlineDPOTrainer
 from trl_audio.modeling import decoder_lora_targets
 from trl_audio.preemption import latest_complete_checkpoint
 from trl_audio.testing import load_tiny
-
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "examples/data/speech_sample"
-ROWS = [
-    {
-        "prompt": [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Transcribe."}]}],
-        "audio": str(SAMPLE / f"audio/ss_{i:04d}.flac"),
-    }
-    for i in range(1, 9)
-]
-
-
-def token_sum_reward(completion_ids, **kwargs):
-    return [float(sum(ids)) for ids in completion_ids]
 
 
 class TermAtStep(TrainerCallback):
@@ -53,21 +38,8 @@ def run(tiny_dir, output_dir, resume=None, callbacks=()):
     trainer = AudioOnlineDPOTrainer(
         model=model,
         reward_funcs=token_sum_reward,
-        args=AudioOnlineDPOConfig(
-            output_dir=str(output_dir),
-            per_device_train_batch_size=2,
-            max_steps=6,
-            logging_steps=1,
-            max_new_tokens=6,
-            num_generations=2,
-            learning_rate=5e-2,
-            report_to="none",
-            bf16=False,
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=0,
-        ),  # fmt: skip
-        train_dataset=Dataset.from_list(ROWS),
+        args=make_config(output_dir, max_steps=6, max_new_tokens=6, learning_rate=5e-2),
+        train_dataset=Dataset.from_list(audio_rows(8)),
         processing_class=processor,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=decoder_lora_targets(model.config.model_type)),
         callbacks=list(callbacks),
@@ -108,7 +80,7 @@ def test_a_checkpoint_cut_short_is_passed_over(tmp_path):
 
 def test_a_sigterm_to_the_cli_saves_exits_0_and_resumes(tiny_phi4mm_dir, tmp_path):
     command = [
-        sys.executable, str(REPO / "examples/scripts/dpo_online_phi4_multimodal.py"),
+        sys.executable, str(ROOT / "examples/scripts/dpo_online_phi4_multimodal.py"),
         "--model_name_or_path", str(tiny_phi4mm_dir), "--output_dir", str(tmp_path), "--use_peft",
         "--tsv_paths", str(SAMPLE / "train.tsv"), "--per_device_train_batch_size", "2", "--max_new_tokens", "6",
         "--max_steps", "6", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",

@@ -5,12 +5,12 @@ import copy
 import json
 import math
 import statistics
-from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
 from datasets import Dataset
+from helpers import META, ROOT, SAMPLE, TRAINING_DEFAULTS, audio_row, audio_rows, make_config, token_sum_reward
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
@@ -26,9 +26,6 @@ from trl_audio.testing import load_tiny
 from trl_audio.trainer import dpo_losses, mean_over_preferred, select_pairs
 
 
-ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "examples/data/speech_sample"
-META = [json.loads(line) for line in (SAMPLE / "metadata.jsonl").read_text().splitlines()]
 FAMILIES = ["tiny_phi4mm_dir", "tiny_qwen2_audio_dir", "tiny_glm_asr_dir"]
 # Parts that get no gradient from audio prompts (the encoders we freeze, Phi-4-MM's image branch).
 FROZEN = {
@@ -49,20 +46,6 @@ LORA_TARGETS = {
 }
 
 
-def audio_row(index, instruction="Transcribe the audio clip."):
-    content = [{"type": "audio"}, {"type": "text", "text": instruction}]
-    return {
-        "id": META[index]["id"],
-        "prompt": [{"role": "user", "content": content}],
-        "audio": str(SAMPLE / META[index]["audio_path"]),
-        "text": META[index]["text"],
-    }
-
-
-def audio_rows(count):
-    return [audio_row(i) for i in range(count)]
-
-
 def text_row(index):
     content = [{"type": "text", "text": f"Repeat: {META[index]['text']}"}]
     return {"id": f"text-{index}", "prompt": [{"role": "user", "content": content}], "audio": None, "text": ""}
@@ -79,30 +62,6 @@ def write_jsonl(path, indices, broken_audio):
     return path
 
 
-# Short CPU runs that log every step; TRL's own config accepts the same (used for the drop-in comparison).
-TRAINING_DEFAULTS = dict(
-    per_device_train_batch_size=2,
-    max_steps=3,
-    logging_steps=1,
-    max_new_tokens=8,
-    learning_rate=1e-2,
-    report_to="none",
-    bf16=False,
-    save_strategy="no",
-    disable_tqdm=True,
-    seed=0,
-)
-
-
-def make_config(tmp_path, **overrides):
-    return AudioOnlineDPOConfig(**{"output_dir": str(tmp_path / "out"), **TRAINING_DEFAULTS, **overrides})
-
-
-def token_sum_reward(completion_ids, **kwargs):
-    """Continuous in the tokens, so two different samples practically never tie."""
-    return [float(sum(ids)) for ids in completion_ids]
-
-
 def make_trainer(tmp_path, model, processor, rows, reward_funcs=token_sum_reward, **kwargs):
     """A trainer of `model` on `rows` (a list of rows, or a dataset) with the test defaults (`make_config`).
     Keyword arguments that `AudioOnlineDPOTrainer` takes go to it; the others override the config."""
@@ -111,7 +70,7 @@ def make_trainer(tmp_path, model, processor, rows, reward_funcs=token_sum_reward
     return AudioOnlineDPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
-        args=make_config(tmp_path, **kwargs),
+        args=make_config(tmp_path / "out", **kwargs),
         train_dataset=Dataset.from_list(rows) if isinstance(rows, list) else rows,
         processing_class=processor,
         **trainer_kwargs,
@@ -333,15 +292,9 @@ def test_a_pairwise_judge_can_replace_reward_functions(tiny_phi4mm_dir, tmp_path
         return [float(len(c)) for c in completions]
 
     model, processor = load_tiny(tiny_phi4mm_dir)
+    judge = RewardFunctionJudge(prefer_longer)
     trainer = make_trainer(
-        tmp_path,
-        model,
-        processor,
-        audio_rows(4),
-        reward_funcs=None,
-        judge=RewardFunctionJudge(prefer_longer),
-        max_steps=2,
-        num_generations=3,
+        tmp_path, model, processor, audio_rows(4), reward_funcs=None, judge=judge, max_steps=2, num_generations=3
     )
     trainer.train()
     # 3 samples -> 3 pairs per step, each judged with one reward call per side, 2 prompts per call
@@ -459,15 +412,9 @@ def test_reward_weights_and_missing_eos_penalty_shape_the_scores(tiny_phi4mm_dir
 
     model, processor = load_tiny(tiny_phi4mm_dir)
     trainer = make_trainer(
-        tmp_path,
-        model,
-        processor,
-        audio_rows(4),
-        reward_funcs=[token_sum_reward, length_reward],
-        max_steps=2,
-        reward_weights=[0.5, 0.0],
-        missing_eos_penalty=3.0,
-    )
+        tmp_path, model, processor, audio_rows(4), reward_funcs=[token_sum_reward, length_reward], max_steps=2,
+        reward_weights=[0.5, 0.0], missing_eos_penalty=3.0,
+    )  # fmt: skip
     trainer.train()
     for entry in trainer.state.log_history[:2]:
         # score = 0.5 * token_sum + 0 * length - 3 * [no EOS], averaged over the step's completions
