@@ -16,6 +16,7 @@ from transformers.utils import is_torch_bf16_gpu_available
 from trl_audio.audio_dataset import create_audio_dataset, load_dataset_config
 from trl_audio.audio_utils import init_model
 from trl_audio.evaluation import transcribe
+from trl_audio.modeling import quantization_load_kwargs
 
 
 REPO_DIR = Path(__file__).resolve().parents[1]
@@ -324,3 +325,22 @@ def test_a_reference_judge_from_the_command_line(tiny_phi4mm_dir, tmp_path):
     argv = tiny_run_args(tiny_phi4mm_dir, tmp_path, "--judge", "reference", "--tsv_paths", str(SAMPLE / "train.tsv"))
     steps = [logs for logs in cli.main(*parse(argv))["log_history"] if "loss" in logs]
     assert len(steps) == 2 and all(0 <= logs["rewards/judge_wins/mean"] <= 1 for logs in steps)
+
+
+@pytest.mark.parametrize("flag", ["--load_in_4bit", "--load_in_8bit"])
+def test_main_trains_a_lora_on_the_quantized_model_on_the_cpu(
+    tiny_phi4mm_dir, eval_config, tmp_path, monkeypatch, flag
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU's device map, on any machine
+    argv = tiny_run_args(tiny_phi4mm_dir, tmp_path, flag, "--use_peft", "--eval_dataset_config", str(eval_config))
+    results = cli.main(*parse(argv))
+    assert len([logs for logs in results["log_history"] if "loss" in logs]) == 2
+    quantized = quantization_load_kwargs(**{flag[2:]: True})
+    base, _ = init_model(str(tiny_phi4mm_dir), speech_lora="merge", dtype="float32", **quantized)
+    lora_b = [p for n, p in PeftModel.from_pretrained(base, str(tmp_path)).named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)
+
+
+def test_quantizing_without_an_adapter_to_train_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="add --use_peft"):
+        cli.main(*parse(tiny_run_args("unused", tmp_path, "--load_in_4bit")))

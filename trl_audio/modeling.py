@@ -1,5 +1,6 @@
 """Model loading: an audio LLM and its processor through the native transformers classes, with Phi-4-multimodal's
-speech LoRA merged, trained or left off (`init_model`)."""
+speech LoRA merged, trained or left off (`init_model`), in 4 or 8 bits with bitsandbytes if asked
+(`quantization_load_kwargs`)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,55 @@ def decoder_lora_targets(model_type: str) -> str:
     return DECODER_LORA_TARGETS[model_type]
 
 
+def quantization_load_kwargs(
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    dtype: str | Any = "float32",
+    bnb_4bit_quant_type: str = "nf4",
+    bnb_4bit_use_double_quant: bool = True,
+) -> dict[str, Any]:
+    """The `quantization_config` and `device_map` that `init_model` (or `from_pretrained`) takes to load a model in 4
+    or 8 bits with bitsandbytes (QLoRA: train a PEFT LoRA on top; the trainer's reference is then the quantized model
+    with the adapter disabled). Both are None when neither flag is set.
+
+    4-bit is `bnb_4bit_quant_type` (NF4) with double quantization of the scales, computing in `dtype` on a GPU ("auto"
+    or None: bfloat16 where the GPU has it, else float16) and in float32 on the CPU. The weights go to this process's
+    GPU (accelerate's local process index) when CUDA is available, else to the CPU, where bitsandbytes runs both too.
+    """
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if load_in_4bit and load_in_8bit:
+        raise ValueError("Choose one of load_in_4bit and load_in_8bit.")
+    if not (load_in_4bit or load_in_8bit):
+        return {"quantization_config": None, "device_map": None}
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as error:
+        raise ImportError(
+            f"--load_in_{4 if load_in_4bit else 8}bit quantizes the model with bitsandbytes, which is not installed: "
+            'pip install "trl-audio[quantization]"'
+        ) from error
+    if torch.cuda.is_available():
+        from accelerate import PartialState
+
+        device_map = {"": PartialState().local_process_index}
+        if dtype in (None, "auto"):
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        compute_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    else:
+        device_map, compute_dtype = {"": "cpu"}, torch.float32
+    if load_in_8bit:
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": device_map}
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+    return {"quantization_config": config, "device_map": device_map}
+
+
 def init_model(
     model_id: str,
     speech_lora: str = "merge",
@@ -68,10 +118,19 @@ def init_model(
 
     Other audio LLMs (Qwen2-Audio, Voxtral, Granite-Speech, Gemma 3n, ...) load through the Auto classes; for them
     `speech_lora` must be `"off"` unless their checkpoint has a `speech_lora_subfolder` too. `dtype`,
-    `attn_implementation`, `device_map`, `revision` and `quantization_config` go to `from_pretrained` unchanged.
+    `attn_implementation`, `device_map`, `revision` and `quantization_config` go to `from_pretrained` unchanged
+    (`quantization_load_kwargs` gives the last two for bitsandbytes), except that a quantized `"merge"` loads the
+    model unquantized on the CPU, merges the adapter there and then quantizes the merged weights (the result is that
+    of quantizing a merged checkpoint; it takes the CPU memory of the unquantized model for a while).
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMultimodalLM, AutoProcessor
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMultimodalLM,
+        AutoProcessor,
+        BitsAndBytesConfig,
+    )
     from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
 
     if speech_lora not in SPEECH_LORA_MODES:
@@ -85,19 +144,59 @@ def init_model(
     model_kwargs = {"dtype": dtype, "device_map": device_map, "quantization_config": quantization_config}
     if attn_implementation is not None:
         model_kwargs["attn_implementation"] = attn_implementation
-    model = auto_class.from_pretrained(model_id, config=config, **hub_kwargs, **model_kwargs)
+    # PEFT merges into 4/8-bit weights by dequantizing, adding and quantizing again, which rounds the weights twice
+    # (and differently from a merged checkpoint): the adapter is merged into the unquantized weights, on the CPU, and
+    # the merged weights quantized after.
+    quantize_after_merge = speech_lora == "merge" and quantization_config is not None
+    first_load = {"device_map": None, "quantization_config": None} if quantize_after_merge else {}
+    model = auto_class.from_pretrained(model_id, config=config, **hub_kwargs, **(model_kwargs | first_load))
     processor = AutoProcessor.from_pretrained(model_id, **hub_kwargs)
     if processor.chat_template is None and getattr(processor.tokenizer, "chat_template", None):
         # Phi4MultimodalProcessor drops its chat template on load (transformers 5.24); the tokenizer keeps a copy.
         processor.chat_template = processor.tokenizer.chat_template
+    if speech_lora == "train" and quantization_config is not None:
+        # TRL prepares a quantized model for k-bit training (frozen, unquantized weights in float32) only when it is
+        # not a PeftModel yet; gradient checkpointing stays the trainer's to enable, from its arguments.
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if speech_lora != "off":
         model = load_speech_lora(model, model_id, speech_lora_subfolder, revision, trainable=speech_lora == "train")
         if speech_lora == "merge":
             model = model.merge_and_unload()
-            if quantization_config is None:  # PEFT froze the base weights; merged, they are a plain model again
-                model.requires_grad_(True)
+            model.requires_grad_(True)  # PEFT froze the base weights; merged, they are a plain model again
+    if quantize_after_merge:
+        model = quantize_loaded(model, model_kwargs | {"dtype": model.dtype})
+    if isinstance(quantization_config, BitsAndBytesConfig) and quantization_config.load_in_4bit:
+        keep_4bit_layout(model)
     logger.info("Loaded %s (%s) with speech_lora=%s", model_id, type(model).__name__, speech_lora)
     return model, processor
+
+
+def quantize_loaded(model, load_kwargs: dict[str, Any]):
+    """`model` (unquantized) loaded again through `from_pretrained` from its own weights with `load_kwargs` (a
+    `quantization_config`, a `device_map`, ...): the same weights as quantizing its checkpoint saved to disk."""
+    quantized = type(model).from_pretrained(None, config=model.config, state_dict=model.state_dict(), **load_kwargs)
+    # from_pretrained(None) names no checkpoint (PEFT's adapter_config.json would say "None") and derives the
+    # generation config from the model's config
+    quantized.name_or_path = quantized.config.name_or_path = model.name_or_path
+    quantized.generation_config = model.generation_config
+    return quantized
+
+
+def keep_4bit_layout(model) -> None:
+    """Keeps `model`'s bitsandbytes 4-bit weights in the layout that training uses.
+
+    From bitsandbytes 0.49 on, CPUs with AVX512-BF16 repack a 4-bit layer's weights in place the first time it runs in
+    eval mode without gradients (an evaluation, any pass under `model.eval()`), for a faster bfloat16 kernel:
+    its outputs differ from training's, a layer whose input size is not a multiple of the block size (64) fails
+    ("shape '[32, 2]' is invalid"), and training after it fails ("a view of a leaf Variable that requires grad is
+    being used in an in-place operation")."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_speech_lora(model, model_id: str, subfolder: str, revision: str | None = None, trainable: bool = False):

@@ -46,15 +46,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accelerate import PartialState
 from transformers.utils import is_torch_bf16_gpu_available
-from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
+from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.audio_dataset import SOURCES, create_audio_dataset, dataset_config_from_args, load_dataset_config
 from trl_audio.evaluation import TranscriptionEvalCallback
 from trl_audio.judges import JUDGES, get_judge
-from trl_audio.modeling import SPEECH_LORA_MODES, init_model, lora_target_modules
+from trl_audio.modeling import SPEECH_LORA_MODES, init_model, lora_target_modules, quantization_load_kwargs
 from trl_audio.preemption import latest_complete_checkpoint
 from trl_audio.rewards import REWARD_FUNCS, get_reward_funcs
 from trl_audio.skips import SkipCounter
@@ -228,6 +227,13 @@ class ScriptArguments:
 def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, model_args: ModelConfig, callbacks=None):
     """Train, save the model and processor to `output_dir`, and return `{"log_history": [...], "eval_before": ...,
     "eval_after": ...}` (the evaluations are None without `eval_dataset_config`). `callbacks` go to the trainer."""
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not (
+        model_args.use_peft or script_args.speech_lora == "train"
+    ):
+        raise ValueError(
+            "--load_in_4bit / --load_in_8bit train a LoRA on top of the quantized weights: add --use_peft (or "
+            "--speech_lora train)."
+        )
     if script_args.speech_lora == "train" and model_args.use_peft:
         raise ValueError(
             "speech_lora='train' trains Phi-4-MM's speech adapter itself: drop --use_peft, or use speech_lora='merge' "
@@ -246,15 +252,16 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
     skip_counter = SkipCounter()
     train_dataset = create_audio_dataset(**script_args.train_dataset_config, skip_counter=skip_counter)
     eval_sets = {name: create_audio_dataset(**config) for name, config in script_args.eval_dataset_configs.items()}
-    quantization_config = get_quantization_config(model_args)
     load_kwargs = {
         "dtype": model_args.dtype,
         "attn_implementation": model_args.attn_implementation,
         "revision": model_args.model_revision,
         "trust_remote_code": training_args.trust_remote_code,
-        "quantization_config": quantization_config,
-        # bitsandbytes weights must be placed on this process's GPU when they load
-        "device_map": {"": PartialState().local_process_index} if quantization_config is not None else None,
+        # bitsandbytes' quantization_config, and the device_map that puts the weights on this process's GPU, or on the
+        # CPU on a machine without one
+        **quantization_load_kwargs(
+            model_args.load_in_4bit, model_args.load_in_8bit, model_args.dtype, model_args.bnb_4bit_quant_type
+        ),
     }
     model, processor = init_model(model_args.model_name_or_path, speech_lora=script_args.speech_lora, **load_kwargs)
     ref_model = None
