@@ -18,7 +18,7 @@ SKIP_REASONS = (
     "audio_unreadable",  # its audio file is not audio soundfile can decode
     "audio_empty",  # its audio has no samples
     "audio_too_long",  # its audio lasts longer than max_audio_seconds
-    "prompt_too_long",  # its prompt plus max_new_tokens exceeds the trainer's max_length
+    "prompt_too_long",  # its prompt plus max_new_tokens (SFT: plus its transcript) exceeds the trainer's max_length
 )
 
 

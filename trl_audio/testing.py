@@ -1,10 +1,11 @@
-"""Tiny Phi-4-multimodal, Qwen2-Audio and GLM-ASR checkpoints built offline (seeded random weights, a BPE tokenizer
-trained on the bundled transcripts), loadable with the native transformers classes: for the tests, the demo and the
-benchmarks."""
+"""Tiny Phi-4-multimodal, Qwen2-Audio and GLM-ASR checkpoints built offline (seeded random weights whose audio front
+end passes the signal on, a BPE tokenizer trained on the bundled transcripts), loadable with the native transformers
+classes: for the tests, the demo and the benchmarks."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -14,6 +15,7 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import nn
 from transformers import (
     GenerationConfig,
     GlmAsrConfig,
@@ -38,6 +40,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
+from .audio_utils import load_audio
 from .modeling import init_model
 
 
@@ -182,7 +185,9 @@ def build_tiny_phi4mm(
     (`Phi4MultimodalProcessor`: `Phi4MultimodalFeatureExtractor`, 80 mel bins at 16 kHz, and a byte-level BPE tokenizer
     trained on `corpus`, by default the bundled speech sample's transcripts). Like the hub checkpoint it holds a
     `speech-lora/` PEFT adapter on the decoder's `qkv_proj`, `o_proj`, `gate_up_proj` and `down_proj`, here with
-    random non-zero B matrices so that loading it changes the logits.
+    random non-zero B matrices so that loading it changes the logits. The audio encoder can hear: its input
+    normalisation holds the mean and inverse standard deviation of the bundled speech's log-mels
+    (`speech_sample_log_mel_stats`), and its conv subsampling stem has a variance-preserving init (`_init_front_end`).
 
     Weights are float32, drawn from `seed` (the caller's torch RNG state is left untouched): the same seed writes
     byte-identical files. `size` is `"tiny"` (~0.2M parameters, unit tests) or `"small"` (a few million, demo and
@@ -253,7 +258,7 @@ def build_tiny_phi4mm(
     )
     processor = Phi4MultimodalProcessor(
         image_processor=Phi4MultimodalImageProcessor(),
-        audio_processor=Phi4MultimodalFeatureExtractor(feature_size=80, sampling_rate=16000, audio_compression_rate=8),
+        audio_processor=_phi4mm_feature_extractor(),
         tokenizer=tokenizer,
         chat_template=PHI4MM_CHAT_TEMPLATE,
     )
@@ -264,6 +269,20 @@ def build_tiny_phi4mm(
     save_dir = Path(save_dir)
     with _seeded(seed):
         model = Phi4MultimodalForCausalLM(config)
+        encoder = model.model.embed_tokens_extend.audio_embed.encoder
+        mean, std = speech_sample_log_mel_stats()
+        encoder.encoder_embedding.global_mean.copy_(mean)
+        encoder.encoder_embedding.global_invstd.copy_(1 / std)
+        stem = list(encoder.embed.conv)
+        # A conv feeding straight into another (the depthwise conv before its pointwise one) has no ReLU in between.
+        _init_front_end(
+            [
+                (layer, "linear" if isinstance(after, nn.Conv2d) else "relu")
+                for layer, after in zip(stem, stem[1:])
+                if isinstance(layer, nn.Conv2d)
+            ]
+            + [(encoder.embed.out, "linear")]
+        )
         _save(model, processor, generation_config, save_dir)
         _save_speech_lora(model, save_dir / "speech-lora")
     return save_dir
@@ -281,7 +300,8 @@ def build_tiny_qwen2_audio(
     The folder loads with `AutoModelForMultimodalLM` (`Qwen2AudioForConditionalGeneration`; `AutoModelForCausalLM`
     does not map `qwen2_audio`, `load_tiny` picks the right class) and `AutoProcessor` (`Qwen2AudioProcessor`:
     `WhisperFeatureExtractor`, 80 mel bins at 16 kHz padded to 30 s, and a byte-level BPE tokenizer trained on
-    `corpus`, by default the bundled speech sample's transcripts). A whisper-like audio encoder feeds a Qwen2 decoder.
+    `corpus`, by default the bundled speech sample's transcripts). A whisper-like audio encoder, whose two conv layers
+    have a variance-preserving init (`_init_front_end`), feeds a Qwen2 decoder.
 
     `seed` and `size` work as in `build_tiny_phi4mm`. `overrides` update the text decoder's `Qwen2Config` (e.g.
     `num_hidden_layers=3`); `audio_config={...}` updates the `Qwen2AudioEncoderConfig`.
@@ -331,7 +351,9 @@ def build_tiny_qwen2_audio(
 
     save_dir = Path(save_dir)
     with _seeded(seed):
-        _save(Qwen2AudioForConditionalGeneration(config), processor, generation_config, save_dir)
+        model = Qwen2AudioForConditionalGeneration(config)
+        _init_whisper_front_end(model.model.audio_tower)
+        _save(model, processor, generation_config, save_dir)
     return save_dir
 
 
@@ -348,8 +370,9 @@ def build_tiny_glm_asr(
     The folder loads with `AutoModelForMultimodalLM` (`GlmAsrForConditionalGeneration`) and `AutoProcessor`
     (`GlmAsrProcessor`: `WhisperFeatureExtractor`, 128 mel bins at 16 kHz in 30 s windows, and a byte-level BPE
     tokenizer trained on `corpus`, by default the bundled speech sample's transcripts). A whisper-like encoder with
-    rotary positions and no padding mask feeds, through an MLP that merges 4 frames into one audio token, a Llama
-    decoder whose input and output embeddings are tied.
+    rotary positions, no padding mask and a variance-preserving init of its two conv layers (`_init_front_end`)
+    feeds, through an MLP that merges 4 frames into one audio token, a Llama decoder whose input and output embeddings
+    are tied.
 
     `seed` and `size` work as in `build_tiny_phi4mm`. `overrides` update the text decoder's `LlamaConfig` (e.g.
     `num_hidden_layers=3`); `audio_config={...}` updates the `GlmAsrEncoderConfig`.
@@ -398,7 +421,9 @@ def build_tiny_glm_asr(
 
     save_dir = Path(save_dir)
     with _seeded(seed):
-        _save(GlmAsrForConditionalGeneration(config), processor, generation_config, save_dir)
+        model = GlmAsrForConditionalGeneration(config)
+        _init_whisper_front_end(model.model.audio_tower)
+        _save(model, processor, generation_config, save_dir)
     return save_dir
 
 
@@ -416,6 +441,42 @@ def read_speech_sample_transcripts() -> list[str]:
         )
     with open(SPEECH_SAMPLE_METADATA, encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+@functools.cache
+def speech_sample_log_mel_stats() -> tuple[torch.Tensor, torch.Tensor]:
+    """Per mel bin, the mean and standard deviation of the tiny Phi-4-MM's log-mels (`_phi4mm_feature_extractor`)
+    over every frame of the bundled speech sample's 50 clips: what its `global_mean` / `global_invstd` hold (as 1 /
+    std), so that its encoder sees features of zero mean and unit variance (raw log-mels have a mean of about 15 and a
+    standard deviation of about 5). Computed once per process (about a second)."""
+    with open(SPEECH_SAMPLE_METADATA, encoding="utf-8") as f:
+        paths = [SPEECH_SAMPLE_METADATA.parent / json.loads(line)["audio_path"] for line in f if line.strip()]
+    extractor = _phi4mm_feature_extractor()
+    features = [extractor([load_audio(str(path), 16000)], sampling_rate=16000, return_tensors="pt") for path in paths]
+    frames = torch.cat([clip["audio_input_features"][0] for clip in features])
+    return frames.mean(0), frames.std(0)
+
+
+def _phi4mm_feature_extractor() -> Phi4MultimodalFeatureExtractor:
+    return Phi4MultimodalFeatureExtractor(feature_size=80, sampling_rate=16000, audio_compression_rate=8)
+
+
+def _init_front_end(layers: list[tuple[nn.Module, str]]) -> None:
+    """He (Kaiming) init, `N(0, gain^2 / fan_in)`, of an audio encoder's conv front end: `(layer, nonlinearity)`
+    pairs, `"relu"` for a layer followed by ReLU or GELU (gain sqrt(2)), `"linear"` for one followed by none.
+
+    With transformers' default `N(0, 0.02)` every layer scales the signal by about 0.02 * sqrt(fan_in): through
+    Phi-4-MM's five-layer NeMo stem a clip shrinks to nothing, and the encoder's output no longer depends on it. He
+    init keeps the signal's variance from layer to layer, so the encoder's output differs from clip to clip
+    (`tests/test_testing.py::test_encoder_output_depends_on_the_clip`). Biases start at zero."""
+    for layer, nonlinearity in layers:
+        nn.init.kaiming_normal_(layer.weight, nonlinearity=nonlinearity)
+        nn.init.zeros_(layer.bias)
+
+
+def _init_whisper_front_end(encoder: nn.Module) -> None:
+    """The two GELU-activated convs of a whisper-like encoder (Qwen2-Audio, GLM-ASR), through `_init_front_end`."""
+    _init_front_end([(encoder.conv1, "relu"), (encoder.conv2, "relu")])
 
 
 def _check_size(size: str, table: dict) -> dict:
