@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean test-vllm vllm-venv vllm-server
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,22 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=15 tests
+
+# vLLM generation (use_vllm=True): vLLM lives in .venv-vllm (its own torch and transformers); see
+# scripts/vllm_server.sh. `make vllm-server MODEL=path/or/hub-id [PORT=8000] [VLLM_ARGS=...]` serves a model for
+# training; `make test-vllm` starts its own servers (skipped when .venv-vllm is missing; kept out of `make test`).
+MODEL ?=
+PORT ?= 8000
+VLLM_ARGS ?=
+
+vllm-venv:
+	scripts/vllm_server.sh setup
+
+vllm-server:
+	scripts/vllm_server.sh serve $(MODEL) --port $(PORT) $(VLLM_ARGS)
+
+test-vllm: $(STAMP)
+	TRL_AUDIO_VLLM_TESTS=1 taskset -c 1 $(PY) -m pytest -p no:xdist -p no:cacheprovider --durations=15 tests/vllm_server
 
 lint: $(STAMP)
 	$(PY) -m ruff check trl_audio tests examples benchmarks

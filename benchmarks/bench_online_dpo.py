@@ -6,12 +6,19 @@ Usage:
     taskset -c 0 python benchmarks/bench_online_dpo.py               # the full run of benchmarks/RESULTS.md
     python benchmarks/bench_online_dpo.py --quick                     # a smoke run (tiny model, 1 repeat), < 1 min
     python benchmarks/bench_online_dpo.py --repeats 7 --max_new_tokens 32 --output results.json
+    taskset -c 0 python benchmarks/bench_online_dpo.py --vllm         # only E: HF generate vs a vLLM server (core 1)
 
 Every variant is its own trainer (a copy of one small Phi-4-MM built from code, random weights, with a LoRA on the
 text decoder) and its own fixed batch of bundled clips; one step is `training_step` (generation, rewards, policy and
 reference passes, backward) plus the optimizer step. Variants run one step each in turn, `--repeats` rounds after a
 warm-up round, so whatever else the machine does weighs on all alike; the table gives medians and min-max. Samples run
 to `max_new_tokens` (no early end), so every variant generates the same number of tokens.
+
+`--vllm` runs only scenario E instead (vLLM does not serve Phi-4-MM in transformers' layout): a small Qwen2-Audio with
+a LoRA, N=4, gradient checkpointing off, generating with HF `generate` (KV cache, every speed switch on) vs with a
+vLLM server from `.venv-vllm` (`make vllm-venv`) pinned to `--vllm_cores`, the weights pushed before every step (LoRA
+merged), as `vllm_sync_steps=1` does in training. Its breakdown gives the generation share of the step (the push
+included) and the push time.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.modeling import decoder_lora_targets
 from trl_audio.rewards import bias_word_recall_reward, wer_reward
-from trl_audio.testing import build_tiny_phi4mm, load_tiny
+from trl_audio.testing import build_tiny_phi4mm, build_tiny_qwen2_audio, load_tiny
+from trl_audio.vllm_client import VLLM_VENV, LocalVLLMServer
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -234,6 +242,76 @@ def run_step(variant) -> float:
     return time.perf_counter() - start
 
 
+def vllm_scenarios(args, tmp: Path, repeats: int) -> tuple[dict, dict]:
+    """Scenario E: step times of HF generate vs the vLLM server on a small Qwen2-Audio (see the module docstring), and
+    their summary; nothing when `.venv-vllm` is missing."""
+    if not (VLLM_VENV / "bin/python").exists():
+        print(f"{VLLM_VENV} is missing (make vllm-venv): no vLLM scenario.")
+        return {}, {}
+    model_dir = build_tiny_qwen2_audio(tmp / "qwen2_audio", size="small")
+    model, processor = load_tiny(model_dir)
+    with LocalVLLMServer(model_dir, tmp / "vllm_server.log", cores=args.vllm_cores) as server:
+        variants = {}
+        for name, use_vllm in (("E qwen2-audio N=4 hf generate", False), ("E qwen2-audio N=4 vllm server", True)):
+            trainer = AudioOnlineDPOTrainer(
+                model=copy.deepcopy(model),
+                reward_funcs=length_reward,
+                args=AudioOnlineDPOConfig(
+                    output_dir=str(tmp / name), per_device_train_batch_size=args.batch_size, num_generations=4,
+                    max_new_tokens=args.max_new_tokens, learning_rate=1e-4, bf16=False, report_to="none",
+                    save_strategy="no", disable_tqdm=True, seed=0, max_length=4096, use_vllm=use_vllm,
+                    vllm_server_base_url=server.url, vllm_weights_dir=str(tmp / "vllm_weights"),
+                ),
+                train_dataset=Dataset.from_list(audio_rows(args.batch_size)),
+                processing_class=processor,
+                peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=decoder_lora_targets("qwen2_audio")),
+            )  # fmt: skip
+            trainer.generation_config.min_new_tokens = args.max_new_tokens  # every sample runs to max_new_tokens
+            chat_many = trainer.vllm_client.chat_many if use_vllm else None
+            if use_vllm:
+                trainer.vllm_client.chat_many = lambda *a, chat_many=chat_many, **k: chat_many(
+                    *a, **k, min_tokens=args.max_new_tokens
+                )
+            trainer.create_optimizer()
+            variants[name] = {"trainer": trainer, "batch": next(iter(trainer.get_train_dataloader()))}
+        clocks = {name: defaultdict(float) for name in variants}
+        for name, variant in variants.items():
+            trainer = variant["trainer"]
+            for method in ("_generate", "_generate_vllm", "_push_weights_to_vllm"):
+                original = getattr(trainer, method)
+
+                def timed(*a, original=original, method=method, clock=clocks[name], **k):
+                    start = time.perf_counter()
+                    try:
+                        return original(*a, **k)
+                    finally:
+                        clock[method] += time.perf_counter() - start
+
+                setattr(trainer, method, timed)
+        times = defaultdict(list)
+        for round_index in range(repeats + 1):  # the first round warms up
+            for name, variant in variants.items():
+                variant["trainer"].state.global_step += 1  # so the vLLM variant pushes its weights every step
+                for clock in clocks.values():
+                    clock.clear()
+                seconds = run_step(variant)
+                if round_index:
+                    times[name].append(seconds)
+                    generation = clocks[name]["_generate"] + clocks[name]["_generate_vllm"]
+                    times[f"{name} generation share"].append(generation / seconds)
+                    times[f"{name} push"].append(clocks[name]["_push_weights_to_vllm"])
+    scenarios = {
+        name: {
+            **summarize(times[name]),
+            "generation_share": statistics.median(times[f"{name} generation share"]),
+            "push_s": statistics.median(times[f"{name} push"]),
+        }
+        for name in variants
+    }
+    hf, vllm = (scenarios[name]["median_s"] for name in variants)
+    return scenarios, {"E step time vllm / hf generate": vllm / hf, "E step time hf generate / vllm": hf / vllm}
+
+
 def summarize(times):
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": len(times)}
 
@@ -245,8 +323,12 @@ def main():
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--max_new_tokens", type=int, default=24)
     parser.add_argument("--output", help="JSON path (default: benchmarks/results/<date>-<host>.json)")
+    parser.add_argument("--vllm", action="store_true", help="only scenario E: HF generate vs a vLLM server")
+    parser.add_argument("--vllm_cores", default="1", help="the cores (taskset) of the vLLM server of --vllm")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.vllm:
+        return main_vllm(args)
     size, sample_counts, repeats = ("tiny", (2, 4), 1) if args.quick else ("small", (2, 4, 8), args.repeats)
     if args.quick:
         args.batch_size, args.max_new_tokens = 2, 6
@@ -316,13 +398,45 @@ def main():
     }
     results["summary"] = summary(results["scenarios"], sample_counts, args.batch_size)
     print_table(results)
-    output = (
-        Path(args.output)
-        if args.output
-        else REPO
-        / "benchmarks/results"
-        / (f"{datetime.date.today().isoformat()}-{socket.gethostname()}{'-quick' if args.quick else ''}.json")
-    )
+    write_results(results, args)
+
+
+def main_vllm(args):
+    """`--vllm`: scenario E only, printed and written as the full run's results are."""
+    if args.quick:
+        args.batch_size, args.max_new_tokens = 2, 6
+    repeats = 1 if args.quick else args.repeats
+    with tempfile.TemporaryDirectory() as tmp:
+        scenarios, vllm_summary = vllm_scenarios(args, Path(tmp), repeats)
+    results = {
+        "command": "python benchmarks/bench_online_dpo.py --vllm"
+        + (" --quick" if args.quick else f" --repeats {repeats}"),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 torch thread; "
+        f"vLLM server on cores {args.vllm_cores}",
+        "model": "Qwen2-Audio small (random weights), LoRA r=8 on the text decoder",
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "repeats": repeats,
+        "scenarios": scenarios,
+        "summary": vllm_summary,
+    }
+    print(f"{results['model']}; {results['machine']}; batch {args.batch_size}, {args.max_new_tokens} new tokens")
+    for name, s in scenarios.items():
+        print(
+            f"{name:<36}{s['median_s']:>9.3f}{s['min_s']:>7.2f}-{s['max_s']:<6.2f}  generation "
+            f"{s['generation_share']:.0%} of the step, weight push {s['push_s']:.2f} s"
+        )
+    for key, value in vllm_summary.items():
+        print(f"  {key}: {value:.2f}")
+    write_results(results, args, "-vllm")
+
+
+def write_results(results, args, tag=""):
+    """Writes `results` to `--output`, by default benchmarks/results/<date>-<host><tag>[-quick].json."""
+    name = f"{datetime.date.today().isoformat()}-{socket.gethostname()}{tag}{'-quick' if args.quick else ''}.json"
+    output = Path(args.output) if args.output else REPO / "benchmarks/results" / name
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {output}")

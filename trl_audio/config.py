@@ -40,6 +40,19 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
             On SIGTERM or SIGINT during training, finish the current step, save a checkpoint and stop (exit code 0);
             see `trl_audio.preemption`. Resume with `resume_from_checkpoint`.
 
+    > vLLM generation (`use_vllm=True`, `vllm_mode="server"`, `vllm_server_base_url`: TRL's fields; see
+    > `scripts/vllm_server.sh`)
+
+        vllm_mode (`str`, *optional*, defaults to `"server"`):
+            How vLLM runs when `use_vllm` is on: only `"server"` (TRL's default, `"colocate"`, is not supported: vLLM
+            lives in its own environment).
+        vllm_sync_steps (`int`, *optional*, defaults to `1`):
+            Push the policy's weights (any LoRA merged into a copy) to the vLLM server every this many optimizer
+            steps; between pushes the server samples from the weights of the last push.
+        vllm_weights_dir (`str` or `None`, *optional*, defaults to `None`):
+            Folder, readable by the vLLM server, into which the weights are written for each push. `None`: a new
+            folder under `/dev/shm` (the server must then run on the same machine).
+
     > Speed (each switch changes only the time a step takes, not its results; turn one off to check that)
 
         generate_with_cache (`bool`, *optional*, defaults to `True`):
@@ -110,6 +123,27 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
         default=True,
         metadata={"help": "On SIGTERM or SIGINT, finish the current step, save a checkpoint and stop (exit code 0)."},
     )
+    vllm_mode: str = field(
+        default="server",
+        metadata={
+            "help": "How vLLM runs when use_vllm is on: only 'server' (TRL's default, 'colocate', is not supported: "
+            "vLLM lives in its own environment)."
+        },
+    )
+    vllm_sync_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Push the policy's weights (any LoRA merged into a copy) to the vLLM server every this many "
+            "optimizer steps."
+        },
+    )
+    vllm_weights_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder, readable by the vLLM server, into which the weights are written for each push. None: a "
+            "new folder under /dev/shm (the server must then run on the same machine)."
+        },
+    )
     generate_with_cache: bool = field(
         default=True,
         metadata={
@@ -150,5 +184,12 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
         for name in ("on_too_long", "on_error"):
             if getattr(self, name) not in ON_ERROR_CHOICES:
                 raise ValueError(f"{name} must be one of {ON_ERROR_CHOICES}, got {getattr(self, name)!r}.")
+        if self.use_vllm and self.vllm_mode != "server":
+            raise ValueError(
+                f"vllm_mode={self.vllm_mode!r} is not supported: vLLM runs in its own environment, as a server "
+                "(vllm_mode='server', started with scripts/vllm_server.sh serve MODEL)."
+            )
+        if self.vllm_sync_steps < 1:
+            raise ValueError(f"vllm_sync_steps must be at least 1, got {self.vllm_sync_steps}.")
         if self.max_audio_seconds is not None and self.max_audio_seconds <= 0:
             raise ValueError(f"max_audio_seconds must be positive or None, got {self.max_audio_seconds}.")

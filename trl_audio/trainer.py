@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import resource
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -35,6 +36,7 @@ from .prompt_embeds import AudioEmbeddingReader, PromptBatch
 from .prompt_inputs import (
     SKIPPED_KEY,
     AudioPromptCollator,
+    normalize_prompt,
     placeholder_token_ids,
     process_prompts,
     processor_sampling_rate,
@@ -43,6 +45,7 @@ from .prompt_inputs import (
     to_model_inputs,
 )
 from .skips import SKIP_REASONS, SkipCounter
+from .vllm_client import VLLMServerClient, chat_messages, write_weights
 
 
 logger = logging.getLogger(__name__)
@@ -106,8 +109,6 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
     ) -> None:
         if args is None:
             raise ValueError("`args` must be an AudioOnlineDPOConfig.")
-        if args.use_vllm:
-            raise ValueError("vLLM generation does not carry audio yet: set use_vllm=False.")
         if reward_funcs is None and judge is None:
             raise ValueError("Pass `reward_funcs`, a `judge`, or both (the judge then ranks the completions).")
         self.judge = judge
@@ -115,15 +116,25 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             data_collator = AudioPromptCollator(
                 processor_sampling_rate(processing_class), args.on_error, args.max_audio_seconds
             )
-        super().__init__(
-            model=model,
-            ref_model=ref_model,
-            reward_funcs=reward_funcs if reward_funcs is not None else [],
-            args=args,
-            data_collator=data_collator,
-            processing_class=processing_class,
-            **kwargs,
-        )
+        # TRL's own vLLM setup differs from ours: it imports vllm (which lives in its own environment here), opens an
+        # NCCL group to the server and samples text/images only. So TRL sets up HF generation, and we talk to the
+        # server over HTTP (`_generate_vllm`).
+        use_vllm, args.use_vllm = args.use_vllm, False
+        try:
+            super().__init__(
+                model=model,
+                ref_model=ref_model,
+                reward_funcs=reward_funcs if reward_funcs is not None else [],
+                args=args,
+                data_collator=data_collator,
+                processing_class=processing_class,
+                **kwargs,
+            )
+        finally:
+            args.use_vllm = use_vllm
+        self.use_vllm = use_vllm
+        self.vllm_client = self._vllm_client() if use_vllm else None
+        self._vllm_synced_step: int | None = None
         self.num_generations = args.num_generations
         self.sampling_rate = processor_sampling_rate(processing_class)
         # A sampled audio/image placeholder would make the model look for features that are not there (Phi-4-MM then
@@ -258,6 +269,88 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         completion_ids, completion_mask = truncate_right(completion_ids, self.eos_token_ids, pad_token_id)
         return prompt_ids, prompt_mask, completion_ids, completion_mask
 
+    def _vllm_client(self) -> VLLMServerClient:
+        """The client of the vLLM server at `vllm_server_base_url` (or host and port), after checking that vLLM can
+        serve the model and that its weights can be pushed."""
+        config = self.accelerator.unwrap_model(self.model).config
+        if config.model_type in VLLM_UNSUPPORTED:
+            raise ValueError(f"use_vllm: {VLLM_UNSUPPORTED[config.model_type]}")
+        deepspeed = self.accelerator.state.deepspeed_plugin
+        if self.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3):
+            raise ValueError(
+                "use_vllm: pushing FSDP or ZeRO-3 sharded weights to the vLLM server is not supported yet."
+            )
+        base_url = (
+            self.args.vllm_server_base_url or f"http://{self.args.vllm_server_host}:{self.args.vllm_server_port}"
+        )
+        return VLLMServerClient(base_url, timeout=self.args.vllm_server_timeout)
+
+    def _generate_vllm(self, batch: PromptBatch, inputs: dict[str, list]):
+        # Same as OnlineDPOTrainer._generate_vllm_server, except that: the prompts go to the server as chat messages
+        # with each row's clip (the server's processor builds its features), over HTTP, `num_generations` samples
+        # each, every process sending its own (TRL gathers them to the main process and speaks NCCL); the server's
+        # prompt token ids must equal the trainer's processor's (else an error names the row); the weights are pushed
+        # through a folder every `vllm_sync_steps` optimizer steps (`_push_weights_to_vllm`); and the output is
+        # `_generate`'s: TRL's block layout, with the trainer's own (left-padded) prompt ids.
+        step = self.state.global_step
+        if self._vllm_synced_step is None or (
+            step != self._vllm_synced_step and step % self.args.vllm_sync_steps == 0
+        ):
+            self._push_weights_to_vllm()
+        audios = inputs.get("audio") or [None] * len(batch)
+        conversations = []
+        for index, (prompt, audio) in enumerate(zip(inputs["prompt"], audios)):
+            if not is_conversational({"prompt": prompt}):
+                row = {key: values[index] for key, values in inputs.items()}
+                raise ValueError(f"{row_name(row, index)}: vLLM generation takes conversational prompts (messages).")
+            conversations.append(chat_messages(normalize_prompt(prompt, audio is not None), audio, self.sampling_rate))
+        answers = self.vllm_client.chat_many(
+            conversations,
+            n=self.num_generations,
+            max_tokens=self.args.max_new_tokens,
+            temperature=self.args.temperature,
+            top_p=self.args.top_p,
+            top_k=self.args.top_k,
+            min_p=self.args.min_p,
+            repetition_penalty=self.args.repetition_penalty,
+            # as `suppress_tokens` in HF generate: a sampled placeholder would make the model look for missing audio
+            logit_bias={str(token): -100 for token in placeholder_token_ids(self.processing_class)} or None,
+        )
+        for index, answer in enumerate(answers):
+            ours = batch.inputs["input_ids"][index][batch.inputs["attention_mask"][index].bool()].tolist()
+            if answer.prompt_token_ids != ours:
+                row = {key: values[index] for key, values in inputs.items()}
+                raise ValueError(f"{row_name(row, index)}: {prompt_mismatch(answer.prompt_token_ids, ours)}")
+        device = batch.inputs["input_ids"].device
+        samples = [answers[b].completion_token_ids[k] for k in range(self.num_generations) for b in range(len(batch))]
+        pad_token_id = self._tokenizer.pad_token_id
+        completion_ids = torch.full((len(samples), max(map(len, samples))), pad_token_id, device=device)
+        for row, sample in enumerate(samples):
+            completion_ids[row, : len(sample)] = torch.tensor(sample, device=device)
+        completion_ids, completion_mask = truncate_right(completion_ids, self.eos_token_ids, pad_token_id)
+        rows = list(range(len(batch))) * self.num_generations
+        return batch.inputs["input_ids"][rows], batch.inputs["attention_mask"][rows], completion_ids, completion_mask
+
+    def _push_weights_to_vllm(self) -> None:
+        """Writes the policy's weights (any LoRA merged into copies) to `vllm_weights_dir` (with the config and
+        processor files, on the first push) and has the server load them: on the main process, the others wait."""
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            if self._vllm_synced_step is None:
+                self._vllm_weights_dir = self.args.vllm_weights_dir or tempfile.mkdtemp(
+                    prefix="trl_audio_vllm_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+                )
+                os.makedirs(self._vllm_weights_dir, exist_ok=True)
+                model.config.save_pretrained(self._vllm_weights_dir)
+                self.processing_class.save_pretrained(self._vllm_weights_dir)
+            start = time.perf_counter()
+            with torch.no_grad():
+                write_weights(model, self._vllm_weights_dir)
+            self.vllm_client.reload_weights(self._vllm_weights_dir)
+            logger.info("Pushed the weights to the vLLM server in %.2f s.", time.perf_counter() - start)
+        self.accelerator.wait_for_everyone()
+        self._vllm_synced_step = self.state.global_step
+
     def _prefill(self, model: nn.Module, batch: PromptBatch, rows: list[int]) -> Cache:
         """The KV cache of every prompt but its last token, computed once per prompt (audio included) and repeated for
         the sampled rows `rows`; positions follow the left padding as `generate` numbers them."""
@@ -369,7 +462,10 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         prompts = inputs["prompt"]
         batch_size, n = len(prompts), self.num_generations
         batch = self._prompt_batch(prompt_inputs, inputs.get("audio"))
-        _, _, completion_ids, completion_mask = self._generate(model, batch)
+        if self.use_vllm:
+            _, _, completion_ids, completion_mask = self._generate_vllm(batch, inputs)
+        else:
+            _, _, completion_ids, completion_mask = self._generate(model, batch)
         contain_eos_token = torch.any(
             torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device)), dim=-1
         )
@@ -611,6 +707,24 @@ STEP_METRICS = (
     "completions/mean_length",
 )
 SUMMED_METRICS = ("audio/seconds", "perf/samples_per_second")
+
+# Model types vLLM cannot serve from our checkpoints, and why.
+VLLM_UNSUPPORTED = {
+    "phi4_multimodal": "vLLM (0.32) serves Phi-4-multimodal only in its original remote-code layout "
+    "(Phi4MMForCausalLM with its own processor); given transformers' native layout it falls back to a text-only "
+    "model, which cannot hear the audio. vLLM serves Qwen2-Audio and GLM-ASR (tested); for Phi-4-MM set "
+    "use_vllm=False (HF generate). See examples/scripts/README_phi4_multimodal_dpo.md, 'vLLM generation'.",
+}
+
+
+def prompt_mismatch(server: list[int], ours: list[int]) -> str:
+    """Says where the vLLM server's prompt token ids part from the trainer's."""
+    first = next((i for i, (a, b) in enumerate(zip(server, ours)) if a != b), min(len(server), len(ours)))
+    return (
+        f"the vLLM server tokenized its prompt into {len(server)} tokens, the trainer's processor into {len(ours)}; "
+        f"they first differ at position {first} (server: {server[first : first + 5]}, trainer: "
+        f"{ours[first : first + 5]}). Serve the same checkpoint (processor, chat template) as the trainer's model."
+    )
 
 
 def window_peak_memory_mb(device: torch.device) -> float:
