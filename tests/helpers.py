@@ -4,6 +4,8 @@ short CPU training runs. (A plain module next to the tests: pytest puts this fol
 import json
 from pathlib import Path
 
+import torch
+
 from trl_audio import AudioOnlineDPOConfig
 
 
@@ -49,3 +51,15 @@ def token_sum_reward(completion_ids, **kwargs):
 def make_config(output_dir, **overrides):
     """An `AudioOnlineDPOConfig` of `TRAINING_DEFAULTS` writing to `output_dir`, with `overrides`."""
     return AudioOnlineDPOConfig(**{"output_dir": str(output_dir), **TRAINING_DEFAULTS, **overrides})
+
+
+def random_reward_model(tokenizer, hidden_size=16, seed=0):
+    """A one-layer sequence-classification reward model (random weights from `seed`) over `tokenizer`'s vocabulary."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=1,
+        num_attention_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    return LlamaForSequenceClassification(config)

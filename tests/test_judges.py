@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+from helpers import random_reward_model
+from transformers import AutoTokenizer
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.audio_utils import load_audio
@@ -108,24 +109,14 @@ def recorded_prompts(model, tokenizer):
 # projections), so the last position's state is that token's embedding, here zero but for the tokens given a score.
 # RMSNorm makes an embedding of s * ones into sign(s) * ones, which the score head (weights 1/hidden) maps to sign(s).
 def tiny_reward_model(tokenizer, token_scores):
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=8,
-        intermediate_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForSequenceClassification(config)
+    model = random_reward_model(tokenizer, hidden_size=8)
     with torch.no_grad():
         model.model.layers[0].self_attn.o_proj.weight.zero_()
         model.model.layers[0].mlp.down_proj.weight.zero_()
         model.model.embed_tokens.weight.zero_()
         for token, score in token_scores.items():
             model.model.embed_tokens.weight[token] = score
-        model.score.weight.fill_(1 / config.hidden_size)
+        model.score.weight.fill_(1 / model.config.hidden_size)
     return model
 
 

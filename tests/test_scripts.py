@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from helpers import random_reward_model
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoProcessor, LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoProcessor
 from transformers.utils import is_torch_bf16_gpu_available
 
 from trl_audio.audio_dataset import create_audio_dataset, load_dataset_config
@@ -278,12 +279,7 @@ def tiny_reward_model(tiny_phi4mm_dir, tmp_path_factory):
     """A random sequence-classification reward model sharing the tiny Phi-4-MM's tokenizer."""
     path = tmp_path_factory.mktemp("reward_model")
     tokenizer = AutoProcessor.from_pretrained(tiny_phi4mm_dir).tokenizer
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_labels=1, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    LlamaForSequenceClassification(config).save_pretrained(path)
+    random_reward_model(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 

@@ -10,9 +10,19 @@ from unittest import mock
 import pytest
 import torch
 from datasets import Dataset
-from helpers import META, ROOT, SAMPLE, TRAINING_DEFAULTS, audio_row, audio_rows, make_config, token_sum_reward
+from helpers import (
+    META,
+    ROOT,
+    SAMPLE,
+    TRAINING_DEFAULTS,
+    audio_row,
+    audio_rows,
+    make_config,
+    random_reward_model,
+    token_sum_reward,
+)
 from peft import LoraConfig, PeftModel
-from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
@@ -459,17 +469,7 @@ def test_with_a_judge_reward_functions_are_logged_but_do_not_rank(tiny_phi4mm_di
 def test_a_sequence_classification_reward_model_scores_text_without_the_audio(tiny_phi4mm_dir, tmp_path):
     model, processor = load_tiny(tiny_phi4mm_dir)
     tokenizer = processor.tokenizer
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "tiny-reward-model")
+    random_reward_model(tokenizer, hidden_size=32).save_pretrained(tmp_path / "tiny-reward-model")
     reward_model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "tiny-reward-model")
     seen_texts = []
     reward_model.register_forward_pre_hook(
