@@ -246,9 +246,18 @@ def write_weights(model: PreTrainedModel | PeftModel, folder: str) -> None:
 class LocalVLLMServer:
     """A vLLM server on 127.0.0.1 (a free port) for `model_dir`, started with `scripts/vllm_server.sh serve` from the
     repository's `.venv-vllm`, in its own process group and pinned to `cores` (taskset), its output in `log`: for tests
-    and benchmarks. `url` is its address once `__init__` returns (ready); `stop` ends its process group."""
+    and benchmarks. `url` is its address once `__init__` returns (ready); `stop` ends its process group. It serves in
+    `dtype`: vLLM's CPU backend otherwise downcasts float32 checkpoints to bfloat16, and then samples from a rounded
+    copy of a float32 policy (greedy outputs part from HF's at near ties)."""
 
-    def __init__(self, model_dir: str | os.PathLike, log: str | os.PathLike, cores: str = "0", timeout: float = 420):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        log: str | os.PathLike,
+        cores: str = "0",
+        timeout: float = 420,
+        dtype: str = "float32",
+    ):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -256,7 +265,7 @@ class LocalVLLMServer:
         # As little KV cache as small models need, and one OpenMP thread per pinned core.
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": str(len(cores.split(",")))}
         command = ["taskset", "-c", cores, str(SERVER_SCRIPT), "serve", str(model_dir), "--port", str(port)]
-        command += ["--max-model-len", "2048"]
+        command += ["--max-model-len", "2048", "--dtype", dtype]
         with open(self.log, "w") as f:
             self.process = subprocess.Popen(
                 command, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True

@@ -92,29 +92,7 @@ def test_after_three_steps_with_weight_pushes_greedy_samples_equal_the_trained_p
     assert any(not torch.equal(p, before[name]) for name, p in trainer.model.named_parameters())
     trainer._push_weights_to_vllm()  # the pushes before steps 1-3 left the weights of step 2 on the server
     served, hf = greedy(trainer, rows())
-    assert_same_up_to_near_ties(trainer, rows(), served, hf)
-
-
-def assert_same_up_to_near_ties(trainer, batch_rows, served, hf, tie=1e-3):
-    """`served == hf`, or each row parts only where HF's log-probs of the two tokens are within `tie`: a near tie,
-    which the float differences between vLLM's CPU kernels and HF's may resolve either way (seen after training,
-    where the small model alternates between two tokens of almost equal score)."""
-    model = trainer.model.eval()
-    _, batch = prompts(trainer, batch_rows)
-    for row, (ours, theirs) in enumerate(zip(served, hf)):
-        if ours == theirs:
-            continue
-        k = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
-        assert k < min(len(ours), len(theirs)), f"row {row}: one completion is a prefix of the other: {ours} {theirs}"
-        prompt_ids, prompt_mask = batch.inputs["input_ids"][[row]], batch.inputs["attention_mask"][[row]]
-        ids = torch.cat([prompt_ids, torch.tensor([theirs[:k]], dtype=prompt_ids.dtype)], dim=1)
-        mask = torch.cat([prompt_mask, torch.ones(1, k, dtype=prompt_mask.dtype)], dim=1)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # as generate numbers left-padded rows
-        with torch.no_grad():
-            inputs = batch.model_inputs(model, [row], ids, mask)
-            logprobs = model(**inputs, position_ids=positions).logits[0, -1].log_softmax(-1)
-        gap = abs(float(logprobs[theirs[k]] - logprobs[ours[k]]))
-        assert gap < tie, f"row {row} parts at token {k} ({ours[k]} vs HF's {theirs[k]}), log-prob gap {gap:.2e}"
+    assert served == hf
 
 
 def independent_logprobs(model, processor, row, audio, completion):
