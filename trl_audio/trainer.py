@@ -209,13 +209,17 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         reader = self._audio_reader(self.ref_model, batch)
         return replace(batch, embeddings=reader.read(batch.inputs) if reader is not None else None)
 
+    @property
+    def _weights_sharded(self) -> bool:
+        """Whether this process holds only a shard of the weights (FSDP, DeepSpeed ZeRO-3)."""
+        deepspeed = self.accelerator.state.deepspeed_plugin
+        return self.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3)
+
     def _audio_reader(self, model: nn.Module, batch: PromptBatch) -> AudioEmbeddingReader | None:
         """The reader of `model`'s audio embeddings when they may be read once and reused this step: the batch has
         audio, `reuse_audio_embeddings` is on, the weights are whole on this process (not FSDP or ZeRO-3 shards),
         the model exposes its decoder layers, and its audio path does not train (known after a first read)."""
-        deepspeed = self.accelerator.state.deepspeed_plugin
-        sharded = self.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3)
-        if not batch.audio_rows or not self.args.reuse_audio_embeddings or sharded:
+        if not batch.audio_rows or not self.args.reuse_audio_embeddings or self._weights_sharded:
             return None
         model = self.accelerator.unwrap_model(model)
         if id(model) not in self._audio_readers:
@@ -275,8 +279,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         config = self.accelerator.unwrap_model(self.model).config
         if config.model_type in VLLM_UNSUPPORTED:
             raise ValueError(f"use_vllm: {VLLM_UNSUPPORTED[config.model_type]}")
-        deepspeed = self.accelerator.state.deepspeed_plugin
-        if self.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3):
+        if self._weights_sharded:
             raise ValueError(
                 "use_vllm: pushing FSDP or ZeRO-3 sharded weights to the vLLM server is not supported yet."
             )
