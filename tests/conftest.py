@@ -27,3 +27,17 @@ def tiny_qwen2_audio_dir(tmp_path_factory):
 def tiny_glm_asr_dir(tmp_path_factory):
     """A tiny GLM-ASR checkpoint (seed 0)."""
     return build_tiny_glm_asr(tmp_path_factory.mktemp("tiny_glm_asr"))
+
+
+@pytest.fixture(scope="session")
+def small_corpus_dir(tmp_path_factory):
+    """The recipe's synthetic corpus (`trl_audio.recipe.CORPUS`) with its first 8 training clips and its whole test
+    split (150 clips), each clip as in the whole corpus; skips where espeak-ng is missing."""
+    from trl_audio.corpus import find_espeak
+    from trl_audio.recipe import ensure_corpus
+
+    try:
+        find_espeak()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    return ensure_corpus(tmp_path_factory.mktemp("recipe") / "corpus", train_rows=8)

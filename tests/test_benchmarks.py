@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,3 +42,25 @@ def test_bench_online_dpo_quick_writes_every_scenario(tmp_path):
     assert results["scenarios"]["D ours audio N=4 gc off before"]["encoder_rows"] == 3 * 4 * batch
     assert results["scenarios"]["D ours audio N=4 gc on before"]["encoder_rows"] > 3 * 4 * batch
     assert "B/A text gc on" in results["summary"]
+
+
+def test_learning_smoke_run_summarizes_both_arms_over_seeds(small_corpus_dir, tmp_path):
+    out_dir = tmp_path / "learning"
+    command = [
+        sys.executable, str(REPO / "benchmarks/learning.py"), "--corpus_dir", str(small_corpus_dir),
+        "--out_dir", str(out_dir), "--minutes", "0.05", "--seeds", "0", "1", "--test_rows", "4",
+        "--curve_rows", "2", "--curve_every", "1",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    summary = json.loads((out_dir / "summary.json").read_text())
+    runs = {(run["arm"], run["seed"]): run for run in summary["runs"]}
+    assert set(runs) == {("start", 0), ("dpo", 0), ("dpo", 1), ("sft", 0), ("sft", 1)}
+    assert summary["start"] == runs["start", 0]["metrics"]
+    for arm in ("dpo", "sft"):
+        assert all(runs[arm, seed]["steps"] >= 1 and len(runs[arm, seed]["curve"]) >= 2 for seed in (0, 1))
+        wer = [runs[arm, seed]["metrics"]["wer"] for seed in (0, 1)]
+        entry = summary["arms"][arm]["wer"]
+        assert entry["mean"] == pytest.approx(sum(wer) / 2)
+        assert entry["spread"] == pytest.approx(abs(wer[0] - wer[1]) / 2**0.5)
+        assert entry["change_mean"] == pytest.approx(entry["mean"] - summary["start"]["wer"])
+    assert runs["dpo", 0]["config"]["temperature"] == 0.7 and runs["sft", 0]["config"]["seed"] == 0

@@ -93,6 +93,21 @@ def test_synthesis_is_byte_identical_across_runs(tiny_corpora):
     assert infos[0] == infos[1] and infos[0]["sizes"] == {"train": 4, "test": 2}
 
 
+def test_a_part_of_a_corpus_is_read_as_in_the_whole(tiny_corpora, tmp_path):
+    # Rows 1 and 5 of the six, synthesized alone at their positions, give the whole corpus' files for them (voice,
+    # speed, pitch and espeak-ng's seed follow the position); at positions 0 and 1 they are read otherwise.
+    rows, (whole, _), _ = tiny_corpora
+    synthesize([rows[1], rows[5]], tmp_path / "part", positions=[1, 5])
+    synthesize([rows[1], rows[5]], tmp_path / "shifted")
+    for row in (rows[1], rows[5]):
+        assert (tmp_path / "part/audio" / f"{row.id}.flac").read_bytes() == (
+            whole / f"audio/{row.id}.flac"
+        ).read_bytes()
+    assert (tmp_path / "shifted/audio" / f"{rows[1].id}.flac").read_bytes() != (
+        whole / f"audio/{rows[1].id}.flac"
+    ).read_bytes()
+
+
 def test_create_audio_dataset_reads_the_corpus(tiny_corpora):
     rows, (corpus, _), _ = tiny_corpora
     ds = create_audio_dataset(

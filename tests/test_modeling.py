@@ -10,7 +10,8 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
-from trl_audio.modeling import init_model
+from trl_audio.modeling import freeze_audio_path, init_model
+from trl_audio.testing import load_tiny
 
 
 CLIP = Path(__file__).resolve().parents[1] / "examples/data/speech_sample/audio/ss_0001.flac"
@@ -71,3 +72,28 @@ def test_init_model_loads_other_audio_llms_through_the_auto_classes(tiny_qwen2_a
     model, processor = init_model(str(tiny_qwen2_audio_dir), speech_lora="off", dtype="float32")
     assert type(model).__name__ == "Qwen2AudioForConditionalGeneration"
     assert model.dtype == torch.float32 and processor.chat_template
+
+
+@pytest.mark.parametrize("family", ["tiny_phi4mm_dir", "tiny_qwen2_audio_dir", "tiny_glm_asr_dir"])
+def test_freeze_audio_path_leaves_the_text_decoder_trainable(family, request):
+    model, processor = load_tiny(request.getfixturevalue(family))
+    inputs = speech_inputs(processor)
+    total = sum(p.numel() for p in model.parameters())
+    frozen = freeze_audio_path(model)
+    assert 0 < frozen < total
+    assert frozen == sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    # A backward through audio + text reaches every trainable parameter but those of Phi-4-MM's unused image path.
+    model.train()
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    grads = {name for name, p in model.named_parameters() if p.grad is not None}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert grads and grads <= trainable
+    assert all("image_embed" in name for name in trainable - grads)
+    assert freeze_audio_path(model) == 0  # already frozen
+
+
+def test_freeze_audio_path_names_an_unknown_family(tiny_phi4mm_dir):
+    model, _ = load_tiny(tiny_phi4mm_dir)
+    model.config.model_type = "new_audio_llm"
+    with pytest.raises(ValueError, match="new_audio_llm.*AUDIO_PATH_MODULES"):
+        freeze_audio_path(model)

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import matplotlib.image
 import pytest
 import torch
 from datasets import Dataset
@@ -158,15 +159,30 @@ def test_main_trains_the_speech_adapter_against_the_merged_reference(tiny_phi4mm
     assert changed > 0
 
 
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_quick_mode_trains_reports_and_writes_a_png(small_corpus_dir, tmp_path):
     out = io.StringIO()
-    results = demo.run_demo(tmp_path, steps=1, brevity_steps=2, size="tiny", out=out)
+    result = demo.run_demo(
+        tmp_path / "demo",
+        minutes=0.05,
+        test_rows=4,
+        curve_rows=2,
+        curve_every=1,
+        train_rows=8,
+        corpus_dir=small_corpus_dir,
+        out=out,
+    )
     text = out.getvalue()
-    assert "random" in text and "B-WER" in text and "before" in text and "after" in text
-    assert {"asr", "brevity"} == set(results)
-    assert results["brevity"]["eval_after"]["metrics"]["num_rows"] == 10
-    assert (tmp_path / "asr" / "adapter_model.safetensors").is_file()
-    assert (tmp_path / "brevity" / "model.safetensors").is_file()
+    shown = ("Held-out", "before", "after", "B-WER", "U-WER", result["example"]["reference"], str(result["plot"]))
+    assert all(part in text for part in shown)
+    assert result["before"]["metrics"]["num_rows"] == result["after"]["metrics"]["num_rows"] == 4
+    assert any("loss" in logs for logs in result["log_history"])
+    assert len(result["curve"]) >= 2
+    png = result["plot"].read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    image = matplotlib.image.imread(result["plot"])
+    assert image.shape[0] >= 300 and image.shape[1] >= 1000  # 14 x 3.8 inches at 100 dpi
+    assert image[..., :3].std() > 0.05  # not a blank canvas
+    assert (tmp_path / "demo" / "model" / "model.safetensors").is_file()
 
 
 def test_main_trains_another_audio_llm_family(tiny_qwen2_audio_dir, tmp_path):

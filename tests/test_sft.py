@@ -15,6 +15,7 @@ from transformers.utils import is_torch_bf16_gpu_available
 from trl import ModelConfig, TrlParser
 
 from trl_audio.audio_dataset import create_audio_dataset
+from trl_audio.modeling import AUDIO_PATH_MODULES
 from trl_audio.prompt_inputs import SKIPPED_KEY
 from trl_audio.sft import AudioSFTCollator, AudioSFTConfig, AudioSFTTrainer
 from trl_audio.testing import load_tiny
@@ -171,3 +172,24 @@ def test_cli_main_trains_two_steps_and_saves(tiny_phi4mm_dir, tmp_path):
     trained_weights = dict(saved.named_parameters())
     original, _ = load_tiny(tiny_phi4mm_dir)
     assert any(not torch.equal(p, trained_weights[name]) for name, p in original.named_parameters())
+
+
+def test_cli_freeze_audio_trains_the_text_decoder_only(tiny_phi4mm_dir, tmp_path):
+    dataset_config = tmp_path / "train.json"
+    dataset_config.write_text(json.dumps({"dataset_name": "tsv", "tsv_paths": str(TRAIN_TSV), "num_egs": 4}))
+    parser = TrlParser((cli.ScriptArguments, AudioSFTConfig, ModelConfig))
+    args = parser.parse_args_and_config(
+        [
+            "--model_name_or_path", str(tiny_phi4mm_dir), "--dataset_config", str(dataset_config),
+            "--freeze_audio", "true", "--speech_lora", "off", "--learning_rate", "1e-2",
+            "--per_device_train_batch_size", "2", "--max_steps", "2", "--activation_checkpointing", "false",
+            "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--disable_tqdm", "true",
+        ]
+    )  # fmt: skip
+    cli.main(*args)
+    trained = dict(load_tiny(tmp_path / "out")[0].named_parameters())
+    original = dict(load_tiny(tiny_phi4mm_dir)[0].named_parameters())
+    audio = [name for name in original if name.startswith(AUDIO_PATH_MODULES["phi4_multimodal"][0])]
+    assert audio and all(torch.equal(original[name], trained[name]) for name in audio)
+    decoder = "model.layers.0.mlp.down_proj.weight"
+    assert not torch.equal(original[decoder], trained[decoder])

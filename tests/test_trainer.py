@@ -33,7 +33,7 @@ from trl_audio.prompt_inputs import SKIPPED_KEY
 from trl_audio.rewards import bias_word_recall_reward
 from trl_audio.skips import SkipCounter
 from trl_audio.testing import load_tiny
-from trl_audio.trainer import dpo_losses, mean_over_preferred, select_pairs
+from trl_audio.trainer import dpo_losses, mean_over_preferred, mean_token_nll, select_pairs
 
 
 FAMILIES = ["tiny_phi4mm_dir", "tiny_qwen2_audio_dir", "tiny_glm_asr_dir"]
@@ -584,6 +584,31 @@ def test_all_tied_gives_zero_loss_that_still_backpropagates():
     loss = mean_over_preferred(losses, torch.tensor([True]))
     loss.backward()
     assert loss.item() == 0.0 and logps.grad.abs().sum().item() == 0.0
+
+
+def test_mean_token_nll_counts_the_completion_tokens_only():
+    logprobs = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -7.0, -7.0], [-3.0, -3.0, -3.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    # (1 + 2) / 2, 0.5 / 1, and 0 for an empty completion (no division by zero)
+    assert mean_token_nll(logprobs, mask).tolist() == [1.5, 0.5, 0.0]
+
+
+def test_rpo_alpha_adds_the_chosen_samples_nll_to_the_dpo_loss(tiny_phi4mm_dir, tmp_path):
+    # Same seed, same model: step 1 samples the same completions, so the two losses differ by alpha x the logged NLL.
+    def first_step(alpha, name):
+        model, processor = load_tiny(tiny_phi4mm_dir)
+        trainer = make_trainer(
+            tmp_path / name, model, processor, audio_rows(4), max_steps=1, num_generations=3, rpo_alpha=alpha
+        )
+        trainer.train()
+        return trainer.state.log_history[0]
+
+    plain, rpo = first_step(None, "plain"), first_step(0.5, "rpo")
+    assert "objective/nll_chosen" not in plain and rpo["objective/nll_chosen"] > 0
+    assert rpo["objective/scores"] == plain["objective/scores"]  # the same samples
+    assert rpo["loss"] - plain["loss"] == pytest.approx(0.5 * rpo["objective/nll_chosen"], rel=1e-3, abs=1e-4)
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        make_config(tmp_path, rpo_alpha=-1.0)
 
 
 def test_unknown_loss_type_is_an_error():

@@ -165,6 +165,13 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
             "instead of prefilling one copy of the prompt per sample."
         },
     )
+    rpo_alpha: float | None = field(
+        default=None,
+        metadata={
+            "help": "Weight of a negative log-likelihood term on each pair's chosen sample (mean over its tokens), "
+            "added to the DPO loss (RPO, Pang et al. 2024; TRL's DPOConfig.rpo_alpha). None: DPO alone."
+        },
+    )
     forward_pairs_only: bool = field(
         default=True,
         metadata={
@@ -189,6 +196,8 @@ class AudioOnlineDPOConfig(OnlineDPOConfig):
                 f"vllm_mode={self.vllm_mode!r} is not supported: vLLM runs in its own environment, as a server "
                 "(vllm_mode='server', started with scripts/vllm_server.sh serve MODEL)."
             )
+        if self.rpo_alpha is not None and self.rpo_alpha < 0:
+            raise ValueError(f"rpo_alpha must be non-negative or None, got {self.rpo_alpha}.")
         if self.vllm_sync_steps < 1:
             raise ValueError(f"vllm_sync_steps must be at least 1, got {self.vllm_sync_steps}.")
         if self.max_audio_seconds is not None and self.max_audio_seconds <= 0:

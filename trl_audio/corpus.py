@@ -216,6 +216,7 @@ def synthesize(
     pitches: tuple[int, ...] = PITCHES,
     workers: int = 1,
     metadata: dict | None = None,
+    positions: list[int] | None = None,
 ) -> dict:
     """Read `rows` aloud with espeak-ng and write the corpus to `out_dir` (which must not hold files yet):
 
@@ -225,8 +226,10 @@ def synthesize(
       (`id`, `audio_path`, `text`, `keywords`), plus `voice`, `speed`, `pitch` and `duration` (seconds);
     - `corpus.json`: sizes, hours, voices, speeds, pitches, the espeak-ng version and `metadata`; returned too.
 
-    Row i (in the order given) gets voice, speed and pitch by cycling the three lists. With the same espeak-ng, soxr
-    and libsndfile, the same rows give byte-identical files, whatever `workers` (helper processes, one per core).
+    Row i (in the order given) gets voice, speed and pitch by cycling the three lists at position `positions[i]`
+    (default: i), so that a part of a corpus, given the rows' positions in the whole, is read as in the whole. With
+    the same espeak-ng, soxr and libsndfile, the same rows give byte-identical files, whatever `workers` (helper
+    processes, one per core).
     """
     if not rows:
         raise ValueError("No rows to synthesize.")
@@ -247,7 +250,7 @@ def synthesize(
             "pitch": pitches[i % len(pitches)],
             "seed": i + 1,
         }
-        for i, row in enumerate(rows)
+        for i, row in zip(range(len(rows)) if positions is None else positions, rows)
     ]
     try:
         frames, engine = _run_helpers(jobs, rows, max(1, min(workers, len(jobs))))
@@ -286,14 +289,29 @@ def synthesize(
 
 
 def make_corpus(
-    out_dir: str | os.PathLike, num_sentences: int = 1500, seed: int = 0, test_fraction: float = 0.1, workers: int = 1
+    out_dir: str | os.PathLike,
+    num_sentences: int = 1500,
+    seed: int = 0,
+    test_fraction: float = 0.1,
+    workers: int = 1,
+    train_rows: int | None = None,
 ) -> dict:
-    """`make_sentences` then `synthesize`: the whole corpus in `out_dir`; returns what `corpus.json` holds."""
+    """`make_sentences` then `synthesize`: the corpus in `out_dir`; returns what `corpus.json` holds.
+
+    `train_rows` synthesizes only the first that many train rows (0: the test split alone), each read exactly as in
+    the whole corpus; `None` synthesizes them all. `corpus.json` then says so (`train_rows`)."""
     rows = make_sentences(num_sentences, seed, test_fraction)
     vocabulary = set().union(*(words(row.text) for row in rows))
     metadata = {"seed": seed, "num_sentences": num_sentences, "test_fraction": test_fraction}
     metadata |= {"templates": len(TEMPLATES), "surnames": len(SURNAMES), "vocabulary_size": len(vocabulary)}
-    return synthesize(rows, out_dir, workers=workers, metadata=metadata)
+    if train_rows is None:
+        return synthesize(rows, out_dir, workers=workers, metadata=metadata)
+    n_train = sum(row.split == "train" for row in rows)  # the train rows come first
+    if not 0 <= train_rows <= n_train:
+        raise ValueError(f"train_rows must be between 0 and the {n_train} train rows, got {train_rows}.")
+    positions = [*range(train_rows), *range(n_train, len(rows))]
+    metadata["train_rows"] = train_rows
+    return synthesize([rows[i] for i in positions], out_dir, workers=workers, metadata=metadata, positions=positions)
 
 
 def _run_helpers(jobs: list[dict], rows: list[CorpusRow], workers: int) -> tuple[list[int], str]:

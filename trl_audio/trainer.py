@@ -157,6 +157,8 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             self.stats[f"rewards/{name}/std"] = []
         for key in ("pairs/tied_fraction", "completions/mean_length", "audio/seconds", "perf/samples_per_second"):
             self.stats[key] = []
+        if args.rpo_alpha is not None:
+            self.stats["objective/nll_chosen"] = []
 
     def _prepare_prompt_inputs(self, inputs: dict[str, list]) -> tuple[dict[str, list], dict[str, torch.Tensor]]:
         """Renders the prompts with the chat template and runs the processor once over the batch (text and audio).
@@ -450,6 +452,8 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         # - a pairwise judge may rank the samples (round robin) instead of the reward functions;
         # - the samples are ranked before the policy and reference passes, which then run on each prompt's chosen and
         #   rejected samples only (`forward_pairs_only`; TRL runs them on every sample);
+        # - with `rpo_alpha`, the loss adds the chosen samples' mean token NLL (RPO, as TRL's DPOTrainer does; TRL's
+        #   online DPO has no such term), logged as `objective/nll_chosen`;
         # - metrics are logged by `_log_step_metrics`, averaged over every process's samples (TRL: some per process),
         #   and KL and entropy differ from TRL's (see there).
         start_time = time.perf_counter()
@@ -504,6 +508,10 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         logratios = logprobs_sum[chosen] - logprobs_sum[rejected]
         ref_logratios = ref_logprobs_sum[chosen] - ref_logprobs_sum[rejected]
         loss = mean_over_preferred(dpo_losses(logratios, ref_logratios, self.beta, self.args.loss_type), tied)
+        nll = None
+        if self.args.rpo_alpha is not None:
+            nll = mean_token_nll(logprobs[chosen], sample_mask[chosen])
+            loss = loss + self.args.rpo_alpha * mean_over_preferred(nll, tied)
         kl = ((logprobs - ref_logprobs) * sample_mask).sum(1)
 
         if (
@@ -522,7 +530,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             rewards,
             rewards_per_func,
             (chosen_indices, rejected_indices, tied),
-            (samples, chosen, rejected, logprobs_sum.detach(), ref_logprobs_sum, kl.detach()),
+            (samples, chosen, rejected, logprobs_sum.detach(), ref_logprobs_sum, kl.detach(), nll),
             completion_mask,
             contain_eos_token,
             time.perf_counter() - start_time,
@@ -581,10 +589,11 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         per reward function, `pairs/tied_fraction`, `completions/mean_length`, `audio/seconds`).
 
         `rewards`, `completion_mask` and `contain_eos_token` cover every sample; `pairs` is `(chosen_indices,
-        rejected_indices, tied)` from `select_pairs`; `passes` is `(samples, chosen, rejected, logps, ref_logps, kl)`
-        for the samples that went through the policy and reference passes: their indices, the positions of each
-        prompt's chosen and rejected sample among them, and their summed log-probs and log-ratios; `seconds` the
-        step's time. Unlike TRL's, `objective/kl` and `objective/entropy` (and so `objective/non_score_reward` and
+        rejected_indices, tied)` from `select_pairs`; `passes` is `(samples, chosen, rejected, logps, ref_logps, kl,
+        nll)` for the samples that went through the policy and reference passes: their indices, the positions of each
+        prompt's chosen and rejected sample among them, their summed log-probs and log-ratios, and the chosen
+        samples' mean token NLL (None without `rpo_alpha`; logged over the preferred pairs); `seconds` the step's
+        time. Unlike TRL's, `objective/kl` and `objective/entropy` (and so `objective/non_score_reward` and
         `objective/rlhf_reward`) sum the per-token terms over the completion tokens only (TRL also sums over the
         padding after a completion's end), and are averaged over the samples that went through the passes: the chosen
         and rejected ones, with `forward_pairs_only`.
@@ -596,7 +605,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         values: dict[str, torch.Tensor] = {}
         if inputs is not None:
             chosen_indices, rejected_indices, tied = pairs
-            samples, chosen, rejected, logps, ref_logps, kl = passes
+            samples, chosen, rejected, logps, ref_logps, kl, nll = passes
             chosen_rewards = self.beta * (logps[chosen] - ref_logps[chosen])
             rejected_rewards = self.beta * (logps[rejected] - ref_logps[rejected])
             margin = chosen_rewards - rejected_rewards
@@ -618,10 +627,13 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
                 "pairs/tied_fraction": tied,
                 "completions/mean_length": completion_mask.sum(1),
             }
+            if nll is not None:
+                values["objective/nll_chosen"] = nll[~tied]
             audio = sum(len(a) for a in inputs.get("audio") or [] if a is not None) / (self.sampling_rate or 1)
             values["audio/seconds"] = torch.tensor(float(audio))
             values["perf/samples_per_second"] = torch.tensor(len(rewards) / seconds)
-        names = [*STEP_METRICS, *(f"rewards/{name}" for name in self.reward_names), *SUMMED_METRICS]
+        step_metrics = [name for name in STEP_METRICS if name in self.stats]  # objective/nll_chosen with rpo_alpha
+        names = [*step_metrics, *(f"rewards/{name}" for name in self.reward_names), *SUMMED_METRICS]
         local = torch.zeros(len(names), 3, device=self.accelerator.device)  # sum, count, sum of squares
         for row, name in enumerate(names):
             if name in values:
@@ -708,6 +720,7 @@ STEP_METRICS = (
     "rewards/accuracies",
     "pairs/tied_fraction",
     "completions/mean_length",
+    "objective/nll_chosen",
 )
 SUMMED_METRICS = ("audio/seconds", "perf/samples_per_second")
 
@@ -812,6 +825,12 @@ def mean_over_preferred(losses: torch.Tensor, tied: torch.Tensor) -> torch.Tenso
     graph kept so that backward still runs)."""
     preferred = ~tied
     return (losses * preferred).sum() / preferred.sum().clamp(min=1)
+
+
+def mean_token_nll(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each sample's negative log-likelihood per token: minus its token log-probs summed over `mask`, over its
+    number of tokens (at least 1)."""
+    return -(logprobs * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 def dpo_losses(pi_logratios: torch.Tensor, ref_logratios: torch.Tensor, beta: float, loss_type: str) -> torch.Tensor:

@@ -1,22 +1,30 @@
 """
-The trl-audio demo (`make demo`): online DPO of a small random-weight Phi-4-multimodal on the bundled speech sample,
-with the library calls the CLI (examples/scripts/dpo_online_phi4_multimodal.py) makes, on CPU in about a minute.
+The trl-audio demo (`make demo`): online DPO of a small speech LLM that can already transcribe, on CPU, in about three
+minutes, with the library calls the CLI (examples/scripts/dpo_online_phi4_multimodal.py) makes.
 
-It builds the model offline, then makes two runs and prints their per-step metrics and WER / B-WER before and after:
-1. the real recipe in miniature: LoRA, rewards WER + bias-word recall, 4 samples per clip, biasing prompts;
-2. a check that the loop optimizes what it is given: a reward any model can learn (fewer words), full fine-tuning.
-The weights are random, so the transcripts are noise: this shows the pipeline working, not ASR quality.
+1. Synthesizes the speech corpus with espeak-ng (once, into <output_dir>/../corpus): template sentences that name rare
+   surnames, read in 10 voices; the test split holds sentences no training clip says.
+2. Loads the shipped warm start (examples/models/phi4mm_small_warm_start): a 3.6M-parameter Phi-4-multimodal trained
+   from scratch on the corpus' training split by audio SFT (scripts/train_warm_start.py), its audio encoder frozen.
+3. Transcribes the 150 held-out clips greedily, each prompt listing up to 4 words to watch for (the clip's rare names
+   and distractors), and scores WER, B-WER (on the rare names) and U-WER (on the other words).
+4. Runs online DPO on the training clips for `--minutes`: per step 4 clips x 8 sampled transcripts, the best against
+   the worst by reward = -WER + recall of the clip's rare names, against a frozen copy of the warm start.
+5. Scores the held-out clips again, shows one clip before and after, and saves a plot of reward, KL and held-out WER
+   over the steps (PNG). What the numbers mean is judged against the seed-to-seed spread that benchmarks/learning.py
+   measured (benchmarks/RESULTS.md).
 
 Usage:
 
 python examples/scripts/demo_phi4_multimodal_dpo.py
-python examples/scripts/demo_phi4_multimodal_dpo.py --steps 20 --brevity_steps 80 --output_dir outputs/demo
+python examples/scripts/demo_phi4_multimodal_dpo.py --minutes 5 --seed 1 --output_dir outputs/demo
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import textwrap
 import time
@@ -25,248 +33,265 @@ from typing import Any, TextIO
 
 import torch
 import transformers
-from peft import LoraConfig
-from transformers import TrainerCallback
 
-from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
-from trl_audio.audio_dataset import create_audio_dataset, dataset_from_config, load_dataset_config
-from trl_audio.evaluation import evaluate_rows
-from trl_audio.modeling import decoder_lora_targets, init_model
-from trl_audio.rewards import get_reward_funcs
+from trl_audio.evaluation import TranscriptionEvalCallback, evaluate_rows
+from trl_audio.modeling import freeze_audio_path
+from trl_audio.recipe import (
+    EVAL_KWARGS,
+    REWARD_LOG_KEYS,
+    TrainingClock,
+    corpus_splits,
+    ensure_corpus,
+    online_dpo_trainer,
+)
 from trl_audio.skips import SkipCounter
-from trl_audio.testing import build_tiny_phi4mm
+from trl_audio.testing import load_tiny
 
 
 REPO_DIR = Path(__file__).resolve().parents[2]
-TRAIN_CONFIG = REPO_DIR / "examples/configs/audio_dataset_config.json"
-TEST_TSV = REPO_DIR / "examples/data/speech_sample/test.tsv"
+WARM_START = REPO_DIR / "examples/models/phi4mm_small_warm_start"
+BENCHMARK = REPO_DIR / "benchmarks/results/learning.json"
 DEFAULT_OUTPUT_DIR = REPO_DIR / "outputs/demo_phi4_multimodal_dpo"
-# (title, log key, format) of the per-step table; a reward column appears in the runs that use that reward.
-COLUMNS = [
-    ("step", "step", "{:>4d}"),
-    ("loss", "loss", "{:>6.3f}"),
-    ("wer", "rewards/wer_reward/mean", "{:>5.2f}"),
-    ("recall", "rewards/bias_word_recall_reward/mean", "{:>6.2f}"),
-    ("words", "rewards/word_count_reward/mean", "{:>6.2f}"),
-    ("tied", "pairs/tied_fraction", "{:>4.2f}"),
-    ("kl", "objective/kl", "{:>6.2f}"),
-    ("len", "completions/mean_length", "{:>5.1f}"),
-    ("eos", "val/contain_eos_token", "{:>4.2f}"),
-    ("smp/s", "perf/samples_per_second", "{:>5.1f}"),
-]
-COLUMN_NOTES = {
-    "wer": "reward of WER: minus the word error rate of each sample (-1 = every word wrong)",
-    "recall": "reward of bias-word recall: share of the clip's keywords in the sample",
-    "words": "reward of brevity: minus the number of words of each sample",
-    "tied": "fraction of clips whose 4 samples all score the same: no preference, no loss",
-    "kl": "KL(policy || reference) summed over the sample's tokens",
-    "len": "mean sample length in tokens",
-    "eos": "fraction of samples that end with an end token within max_new_tokens",
-    "smp/s": "samples (clips x 4) generated, scored and trained on per second",
-}
+REWARD_KEYS = dict(zip(("wer", "recall"), REWARD_LOG_KEYS))
 
 
-class StepTable(TrainerCallback):
-    """Prints one compact line per logged step to `out` (the trainer's own log goes to the run's log file)."""
-
-    def __init__(self, out: TextIO, reward_names: list[str]):
-        self.out = out
-        rewards = {f"rewards/{name}/mean" for name in reward_names}
-        self.columns = [c for c in COLUMNS if not c[1].startswith("rewards/") or c[1] in rewards]
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        print("  " + " ".join(f"{title:>{len(fmt.format(0))}}" for title, _, fmt in self.columns), file=self.out)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            values = {**logs, "step": state.global_step}
-            print("  " + " ".join(fmt.format(values[key]) for _, key, fmt in self.columns), file=self.out)
-            self.out.flush()
+def say(text: str, out: TextIO) -> None:
+    """`text` as an indented paragraph."""
+    print(textwrap.fill(text, width=116, initial_indent="  ", subsequent_indent="  "), file=out)
 
 
-def run(
-    model_dir: Path,
-    eval_rows: list[dict],
-    reward_names: list[str],
-    peft_config: LoraConfig | None,
-    training_args: AudioOnlineDPOConfig,
-    out: TextIO,
+def figures_table(before: dict, after: dict) -> str:
+    lines = [f"  {'':<8}{'WER':>8}{'B-WER':>8}{'U-WER':>8}{'CER':>8}"]
+    for name, m in (("before", before), ("after", after)):
+        lines.append(f"  {name:<8}" + "".join(f"{m[k]:>8.1%}" for k in ("wer", "b_wer", "u_wer", "cer")))
+    lines.append(
+        f"  {'change':<8}" + "".join(f"{after[k] - before[k]:>+8.1%}" for k in ("wer", "b_wer", "u_wer", "cer"))
+    )
+    return "\n".join(lines)
+
+
+def running_mean(values: list[float], width: int = 10) -> list[float]:
+    """The mean of each value and the up to `width - 1` before it."""
+    windows = [values[max(0, i - width + 1) : i + 1] for i in range(len(values))]
+    return [sum(window) / len(window) for window in windows]
+
+
+def plot(log_history: list[dict], curve: list[dict], path: Path) -> None:
+    """Reward (WER and recall parts), KL and held-out WER / B-WER over the steps, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = [entry for entry in log_history if REWARD_KEYS["wer"] in entry]
+    steps = [entry["step"] for entry in logs]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for (label, key), color in zip(REWARD_KEYS.items(), ("tab:blue", "tab:orange")):
+        values = [entry[key] for entry in logs]
+        axes[0].plot(steps, values, color=color, alpha=0.3)
+        axes[0].plot(steps, running_mean(values), color=color, label=f"{label} reward (mean of 10 steps)")
+    axes[0].set_title("mean reward of the samples")
+    kl = [entry["objective/kl"] for entry in logs]
+    axes[1].plot(steps, kl, color="tab:red", alpha=0.3)
+    axes[1].plot(steps, running_mean(kl), color="tab:red")
+    axes[1].set_title("KL(policy || warm start), per sample")
+    for key, label in (("wer", "WER"), ("b_wer", "B-WER"), ("u_wer", "U-WER")):
+        axes[2].plot([c["step"] for c in curve], [c[key] for c in curve], marker="o", label=label)
+    axes[2].set_title(f"held-out error rates, first {curve[0].get('rows', '?')} clips")
+    for axis in axes:
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def benchmark_spread() -> dict | None:
+    """The seed-to-seed figures of benchmarks/learning.py, if its results are there."""
+    if not BENCHMARK.exists():
+        return None
+    return json.loads(BENCHMARK.read_text())
+
+
+def run_demo(
+    output_dir: str | Path = DEFAULT_OUTPUT_DIR,
+    minutes: float = 2.0,
+    seed: int = 0,
+    test_rows: int | None = None,
+    curve_rows: int = 40,
+    curve_every: float = 30.0,
+    train_rows: int | None = 1000,
+    corpus_dir: str | Path | None = None,
+    out: TextIO | None = None,
 ) -> dict[str, Any]:
-    """One training run on the bundled training split, WER / B-WER before and after on `eval_rows`, as the CLI does;
-    the trainer's own output goes to `<output_dir>.log`. Returns `{"log_history", "eval_before", "eval_after"}`."""
-    log_path = Path(f"{training_args.output_dir}.log")
-    print(f"  (full log: {log_path})\n", file=out)
+    """Steps 1-5 of the module's description; returns `{"before", "after", "curve", "log_history", "plot",
+    "example"}`. `train_rows` / `test_rows` keep the first that many rows of the splits (`None`: all; only those
+    training clips are synthesized: a couple of minutes of DPO reads fewer than 1,000); `corpus_dir` defaults to
+    `<output_dir>/../corpus`."""
+    out = out or sys.stdout
+    output_dir = Path(output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_path = output_dir / "train.log"
+    print(
+        f"trl-audio demo: online DPO of a small Phi-4-multimodal that can transcribe (CPU; log: {log_path})", file=out
+    )
+    # The trainer's output and the libraries' warnings go to the log; the demo's own, progress bar included, to `out`.
     with (
         open(log_path, "w", encoding="utf-8") as log,
         contextlib.redirect_stdout(log),
         contextlib.redirect_stderr(log),
     ):
-        model, processor = init_model(str(model_dir), speech_lora="merge", dtype="float32")
-        skip_counter = SkipCounter()
-        reward_funcs = get_reward_funcs(reward_names)
-        trainer = AudioOnlineDPOTrainer(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=training_args,
-            train_dataset=dataset_from_config(TRAIN_CONFIG, skip_counter=skip_counter),
-            processing_class=processor,
-            peft_config=peft_config,
-            callbacks=[StepTable(out, [f.__name__ for f in reward_funcs])],
-            skip_counter=skip_counter,
-        )
-        evaluate = lambda: evaluate_rows(trainer.model, processor, eval_rows, max_new_tokens=16)  # noqa: E731
-        eval_before = evaluate()
-        trainer.train()
-        trainer.save_model(training_args.output_dir)
-        return {"log_history": trainer.state.log_history, "eval_before": eval_before, "eval_after": evaluate()}
+        return _run_demo(output_dir, minutes, seed, test_rows, curve_rows, curve_every, train_rows, corpus_dir, out)
 
 
-def print_eval(result: dict[str, Any], references: dict[str, str], out: TextIO) -> None:
-    """WER / B-WER / U-WER before and after, and one clip's transcripts."""
-    print(f"\n  {'':<8}{'WER':>8}{'B-WER':>8}{'U-WER':>8}{'words/transcript':>18}", file=out)
-    for name in ("before", "after"):
-        evaluation = result[f"eval_{name}"]
-        m, transcripts = evaluation["metrics"], evaluation["transcripts"]
-        words = sum(len(t["hypothesis"].split()) for t in transcripts) / len(transcripts)
-        print(f"  {name:<8}{m['wer']:>8.1%}{m['b_wer']:>8.1%}{m['u_wer']:>8.1%}{words:>18.1f}", file=out)
-    first = result["eval_before"]["transcripts"][0]["id"]
-    print(f"  clip {first}, reference: {references[first]!r}", file=out)
-    for name in ("before", "after"):
-        hypothesis = result[f"eval_{name}"]["transcripts"][0]["hypothesis"]
-        print(f"  {'':<{len(first) + 5}} {name + ':':<10} {_clip(hypothesis)!r}", file=out)
-
-
-def say(text: str, out: TextIO) -> None:
-    """`text` as an indented paragraph between blank lines."""
-    print("\n" + textwrap.fill(text, width=116, initial_indent="  ", subsequent_indent="  ") + "\n", file=out)
-
-
-def logged(result: dict[str, Any], key: str) -> list[float]:
-    """The values of `key` in a run's training logs, in step order."""
-    return [logs[key] for logs in result["log_history"] if key in logs]
-
-
-def mean_logged(result: dict[str, Any], key: str) -> float:
-    """The mean of `key` over a run's training logs."""
-    values = logged(result, key)
-    return sum(values) / len(values)
-
-
-def _clip(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def run_demo(
-    output_dir: str | Path = DEFAULT_OUTPUT_DIR,
-    steps: int = 10,
-    brevity_steps: int = 60,
-    size: str = "small",
-    seed: int = 42,
-    out: TextIO | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Build the model, make the two runs (`steps` and `brevity_steps` optimizer steps), print what they show, and
-    return each run's result (`{"asr": ..., "brevity": ...}`, each as `run` returns it)."""
-    out = out or sys.stdout
+def _run_demo(
+    output_dir: Path,
+    minutes: float,
+    seed: int,
+    test_rows: int | None,
+    curve_rows: int,
+    curve_every: float,
+    train_rows: int | None,
+    corpus_dir: str | Path | None,
+    out: TextIO,
+) -> dict[str, Any]:
     start = time.perf_counter()
-    output_dir = Path(output_dir).resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-    print(f"trl-audio demo: online DPO of a {size} random-weight Phi-4-multimodal on CPU ({output_dir})", file=out)
-    print("Its weights are random: it demonstrates the pipeline, not ASR quality (expect WER ~100%).\n", file=out)
-    with open(output_dir / "build.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        model_dir = build_tiny_phi4mm(output_dir / "model", size=size)
-    # The evaluation set: the bundled test split, with the training config's biasing prompts.
-    biasing = load_dataset_config(TRAIN_CONFIG)["biasing"]
-    eval_rows = list(create_audio_dataset("tsv", tsv_paths=str(TEST_TSV), on_error="raise", biasing=biasing))
-    references = {row["id"]: row["text"] for row in eval_rows}
-
-    def training_args(name: str, **kwargs: Any) -> AudioOnlineDPOConfig:
-        return AudioOnlineDPOConfig(
-            output_dir=str(output_dir / name),
-            per_device_train_batch_size=2,
-            num_generations=4,
-            max_new_tokens=16,
-            gradient_checkpointing=False,
-            save_strategy="no",
-            seed=seed,
-            report_to="none",
-            bf16=False,
-            disable_tqdm=True,
-            **kwargs,
-        )
-
+    corpus_dir = Path(corpus_dir or output_dir.parent / "corpus")
+    began = time.perf_counter()
+    ensure_corpus(corpus_dir, train_rows=train_rows, workers=2)
+    corpus_seconds = time.perf_counter() - began
+    model, processor = load_tiny(WARM_START)
+    model.float()
+    freeze_audio_path(model)
+    skip_counter = SkipCounter()
+    train, test = corpus_splits(corpus_dir, seed, skip_counter, train_rows=train_rows, test_rows=test_rows)
     print(
-        f"1) The recipe in miniature: LoRA, rewards WER + bias-word recall, {steps} steps of 2 clips x 4 samples",
+        f"1) Corpus: {corpus_dir} ({len(train)} training clips, {len(test)} held-out; {corpus_seconds:.0f} s)",
         file=out,
     )
-    asr = run(
-        model_dir,
-        eval_rows,
-        ["wer", "bias_word_recall"],
-        LoraConfig(target_modules=decoder_lora_targets("phi4_multimodal"), task_type="CAUSAL_LM"),
-        training_args("asr", learning_rate=1e-3, max_steps=steps, logging_steps=1),
-        out,
+    warm = json.loads((WARM_START / "warm_start.json").read_text())
+    print(
+        f"2) Warm start: {WARM_START.relative_to(REPO_DIR)} ({warm['num_parameters'] / 1e6:.1f}M parameters, "
+        f"audio SFT for {warm['train_seconds'] / 60:.0f} min from random weights)",
+        file=out,
     )
-    print_eval(asr, references, out)
-    say(
-        "Samples of a random model all get WER ~100% and recall 0, so the 4 samples of a clip tie "
-        f"({mean_logged(asr, 'pairs/tied_fraction'):.0%} of clips here): a tied clip has no preferred sample and adds "
-        "nothing to the loss (loss 0), so the model learns nothing rather than noise. With the real Phi-4-MM, samples "
-        "differ in WER and recall, and DPO learns from those differences.",
-        out,
+    evaluate = lambda: evaluate_rows(model, processor, test, **EVAL_KWARGS)  # noqa: E731
+    began = time.perf_counter()
+    before = evaluate()
+    print(f"3) Held-out before training: {len(test)} clips in {time.perf_counter() - began:.0f} s", file=out)
+
+    trainer = online_dpo_trainer(model, processor, train, output_dir, skip_counter, seed=seed, logging_steps=1)
+    args = trainer.args
+    evaluator = TranscriptionEvalCallback(trainer, {"held-out": test[:curve_rows]}, **EVAL_KWARGS)
+    clock = TrainingClock(
+        evaluator,
+        curve_every,
+        max_seconds=60 * minutes,
+        log_keys=("loss", "objective/kl", *REWARD_KEYS.values()),
+        progress=out,
     )
+    trainer.add_callback(clock)
+    print(
+        f"4) Online DPO for {minutes:g} min of training (held-out WER of the first {len(test[:curve_rows])} clips "
+        f"every {curve_every:g} s, not counted): {args.per_device_train_batch_size} clips x {args.num_generations} "
+        f"samples a step, reward -WER + rare-name recall, beta {args.beta}, lr {args.learning_rate:g}",
+        file=out,
+    )
+    trainer.train()
+    after = evaluate()
+    for entry in clock.curve:
+        entry["rows"] = len(test[:curve_rows])
 
     print(
-        f"2) A reward any model can learn (minus the number of words), full fine-tuning, {brevity_steps} steps",
+        f"\n5) Held-out, {len(test)} clips, greedy transcripts, before and after {trainer.state.global_step} steps:",
         file=out,
     )
-    brevity = run(
-        model_dir,
-        eval_rows,
-        ["word_count"],
-        None,
-        training_args(
-            "brevity", learning_rate=5e-3, max_steps=brevity_steps, logging_steps=max(1, brevity_steps // 10)
-        ),
-        out,
+    print(figures_table(before["metrics"], after["metrics"]), file=out)
+    example = pick_example(test, before["transcripts"], after["transcripts"])
+    print(f"\n  clip {example['id']}: {example['reference']!r}", file=out)
+    print(f"    before: {example['before']!r}\n    after:  {example['after']!r}", file=out)
+    plot_path = output_dir / "training.png"
+    plot(trainer.state.log_history, clock.curve, plot_path)
+    print(f"\n  Plot (reward, KL, held-out WER over steps): {plot_path}", file=out)
+    print(file=out)
+    verdict(before["metrics"], after["metrics"], minutes, out)
+    print(f"\nTook {time.perf_counter() - start:.0f} s. Model and logs: {output_dir}", file=out)
+    trainer.save_model(str(output_dir / "model"))
+    return {
+        "before": before,
+        "after": after,
+        "curve": clock.curve,
+        "log_history": trainer.state.log_history,
+        "plot": plot_path,
+        "example": example,
+    }
+
+
+def pick_example(rows: list[dict], before: list[dict], after: list[dict]) -> dict:
+    """The first clip whose transcript changed (else the first clip), with its reference."""
+    changed = [i for i, (b, a) in enumerate(zip(before, after)) if b["hypothesis"] != a["hypothesis"]]
+    i = changed[0] if changed else 0
+    return {
+        "id": rows[i]["id"],
+        "reference": rows[i]["text"],
+        "before": before[i]["hypothesis"],
+        "after": after[i]["hypothesis"],
+    }
+
+
+def judged(change: float, spread: float, name: str) -> str:
+    """How a mean change of `name` over seeds compares with the seed-to-seed spread."""
+    if change < -spread:
+        return f"lowered {name} by more than the seed spread"
+    if change > spread:
+        return f"raised {name} by more than the seed spread"
+    return f"left {name} within the seed spread"
+
+
+def verdict(before: dict, after: dict, minutes: float, out: TextIO) -> None:
+    """What the change means, against the benchmark's seed-to-seed spread."""
+    bench = benchmark_spread()
+    if bench is None:
+        say("No benchmark results (benchmarks/results/learning.json) to judge this single run against.", out)
+        return
+    start, dpo, sft = bench["start"], bench["arms"]["dpo"], bench["arms"].get("sft")
+
+    def figures(arm: dict, key: str) -> str:
+        change = judged(arm[key]["change_mean"], arm[key]["spread"], {"wer": "WER", "b_wer": "B-WER"}[key])
+        return f"{change} ({start[key]:.1%} -> {arm[key]['mean']:.1%} ± {arm[key]['spread']:.1%})"
+
+    text = (
+        f"This run is one seed. benchmarks/learning.py ran the same recipe {len(dpo['seeds'])} times for "
+        f"{bench['minutes']:g} min (mean ± spread over seeds): online DPO {figures(dpo, 'wer')} and "
+        f"{figures(dpo, 'b_wer')}"
     )
-    print_eval(brevity, references, out)
-    rewards = logged(brevity, "rewards/word_count_reward/mean")
-    say(
-        "Samples differ in their number of words, so most pairs carry a preference. The reward went from "
-        f"{rewards[0]:.2f} to {rewards[-1]:.2f}: the policy learned to say fewer words (by ending at once, len -> 1, "
-        "or by gluing tokens into one 'word' without spaces, depending on the seed). DPO optimizes the reward it is "
-        "given, useless ones included, so WER stays at 100%. (Full fine-tuning here: a LoRA on random weights moves "
-        "the output distribution too little in so few steps.)",
-        out,
+    if sft is not None:
+        text += f"; continued SFT for the same time {figures(sft, 'wer')} and {figures(sft, 'b_wer')}"
+    text += (
+        f". Here, after {minutes:g} min: WER {after['wer'] - before['wer']:+.1%}, B-WER "
+        f"{after['b_wer'] - before['b_wer']:+.1%}. benchmarks/RESULTS.md has the settings tried and what would be "
+        "needed."
     )
-    print("Columns:", file=out)
-    for name, note in COLUMN_NOTES.items():
-        print(f"  {name:<7}{note}", file=out)
-    print(
-        "B-WER is the error rate on the words of each clip's keywords (its rare words), U-WER on the other words.\n"
-        f"Models and logs are in {output_dir}. Took {time.perf_counter() - start:.0f} s.",
-        file=out,
-    )
-    return {"asr": asr, "brevity": brevity}
+    say(text, out)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="optimizer steps of the WER + bias-recall run")
-    parser.add_argument("--brevity_steps", type=int, default=60, help="optimizer steps of the brevity run")
-    parser.add_argument("--output_dir", default=str(DEFAULT_OUTPUT_DIR), help="where the model and runs are written")
-    parser.add_argument("--seed", type=int, default=42, help="seed of both runs (sampling, LoRA init)")
+    parser.add_argument("--minutes", type=float, default=2.0, help="minutes of online DPO (evaluations not counted)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the run (sampling, data order, biasing lists)")
+    parser.add_argument("--output_dir", default=str(DEFAULT_OUTPUT_DIR), help="where the model, log and plot go")
     parser.add_argument("--num_threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
-    # The models are tiny: one thread is nearly as fast as two, and does not stall (OpenMP threads spinning for a
+    # The model is small: one thread is nearly as fast as two, and does not stall (OpenMP threads spinning for a
     # core) when another process holds one of the cores.
     torch.set_num_threads(args.num_threads)
-    # transformers writes its warnings to the terminal's stderr, where they would cut through the table; passed on to
-    # the root logger, they land in the run's log file instead (stderr is redirected there during a run).
+    # transformers writes its warnings to the terminal's stderr, where they would cut through the output; passed on to
+    # the root logger, they land in the run's log file instead.
     transformers.logging.disable_default_handler()
     transformers.logging.enable_propagation()
-    run_demo(args.output_dir, args.steps, args.brevity_steps, seed=args.seed)
+    run_demo(args.output_dir, args.minutes, args.seed)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ python examples/scripts/sft_audio.py \
 
 Without a GPU that supports bf16, `bf16` defaults to false (`AudioSFTConfig`; TRL's default of true would stop on
 CPU). `--use_peft` without `--lora_target_modules` puts the LoRA on the text decoder's projections only
-(`trl_audio.modeling.DECODER_LORA_TARGETS`); without `--use_peft` every weight trains, the audio encoder's included.
+(`trl_audio.modeling.DECODER_LORA_TARGETS`); without `--use_peft` every weight trains, the audio encoder's included,
+unless `--freeze_audio` keeps the encoder and projector as loaded.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from trl_audio.audio_dataset import dataset_from_config
-from trl_audio.modeling import SPEECH_LORA_MODES, init_model, lora_target_modules
+from trl_audio.modeling import SPEECH_LORA_MODES, freeze_audio_path, init_model, lora_target_modules
 from trl_audio.sft import AudioSFTConfig, AudioSFTTrainer
 from trl_audio.skips import SkipCounter
 
@@ -62,6 +63,9 @@ class ScriptArguments:
             Phi-4-MM's `speech-lora/` adapter (see `trl_audio.modeling.init_model`): `"merge"` it into the weights
             (and train them all, or a new LoRA with `--use_peft`), fine-tune the adapter itself with `"train"`, or
             `"off"` for models without one.
+        freeze_audio (`bool`, *optional*, defaults to `False`):
+            Keep the audio encoder and projector as loaded (`trl_audio.modeling.freeze_audio_path`): full fine-tuning
+            then trains the text decoder only.
     """
 
     dataset_config: str = field(
@@ -74,6 +78,7 @@ class ScriptArguments:
         default="merge",
         metadata={"help": "Phi-4-MM's speech adapter: 'merge', 'train' or 'off'.", "choices": list(SPEECH_LORA_MODES)},
     )
+    freeze_audio: bool = field(default=False, metadata={"help": "Keep the audio encoder and projector as loaded."})
 
 
 def main(script_args: ScriptArguments, training_args: AudioSFTConfig, model_args: ModelConfig) -> list[dict]:
@@ -91,6 +96,8 @@ def main(script_args: ScriptArguments, training_args: AudioSFTConfig, model_args
         revision=model_args.model_revision,
         trust_remote_code=training_args.trust_remote_code,
     )
+    if script_args.freeze_audio:
+        freeze_audio_path(model)
     peft_config = get_peft_config(model_args)
     if peft_config is not None:
         peft_config.target_modules = lora_target_modules(model_args.lora_target_modules, model.config.model_type)

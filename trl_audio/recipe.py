@@ -1,0 +1,262 @@
+"""The contextual-biasing recipe on the synthetic corpus (`trl_audio.corpus`), shared by `scripts/train_warm_start.py`,
+`benchmarks/learning.py` and the demo: the corpus and its splits with biasing prompts, the shipped warm start, a
+training clock that evaluates held-out WER along the way and stops after so many seconds, and the online-DPO and
+continued-SFT configurations that the benchmark compares."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from .audio_dataset import create_audio_dataset
+from .config import AudioOnlineDPOConfig
+from .corpus import make_corpus
+from .evaluation import TranscriptionEvalCallback
+from .rewards import get_reward_funcs
+from .sft import AudioSFTConfig, AudioSFTTrainer
+from .skips import SkipCounter
+from .trainer import AudioOnlineDPOTrainer
+
+
+logger = logging.getLogger(__name__)
+
+# The biasing prompt of every run on the corpus: the row's keywords (each with probability hit_prob) plus
+# distractors drawn from the other rows' keywords, at most 4 entries, on 90% of the rows.
+BIASING = {"hit_source": "keywords", "max_num": 4, "bias_prob": 0.9, "hit_prob": 0.9}
+# The corpus the shipped warm start was trained on (`make_corpus` arguments): 11,850 training sentences and 150
+# held-out ones. With 1,350 training sentences the warm start overfitted (training loss 0.05, held-out WER back up from
+# 0.54 to 0.58 after 20 minutes; see scripts/train_warm_start.py).
+CORPUS = {"num_sentences": 12_000, "seed": 0, "test_fraction": 0.0125}
+METRICS = ("wer", "cer", "b_wer", "u_wer")
+# The online-DPO arm's rewards (`rewards.get_reward_funcs` names), and their keys in the trainer's logs.
+REWARDS = ["wer", "bias_word_recall"]
+REWARD_LOG_KEYS = tuple(f"rewards/{name}_reward/mean" for name in REWARDS)
+# Greedy transcription of held-out clips (`evaluation.evaluate_rows`): the corpus' sentences are at most 30 tokens.
+EVAL_KWARGS = {"batch_size": 16, "max_new_tokens": 40}
+
+
+def ensure_corpus(
+    corpus_dir: str | os.PathLike,
+    num_sentences: int = CORPUS["num_sentences"],
+    seed: int = CORPUS["seed"],
+    test_fraction: float = CORPUS["test_fraction"],
+    train_rows: int | None = None,
+    workers: int = 1,
+) -> Path:
+    """`corpus_dir`, synthesized there by `make_corpus` unless it already holds a corpus of these arguments (or one
+    with more train rows of the same sentences). Raises naming the folder if it holds another corpus."""
+    corpus_dir = Path(corpus_dir)
+    info_path = corpus_dir / "corpus.json"
+    if not info_path.exists():
+        logger.info("Synthesizing the corpus (%d sentences, seed %d) into %s", num_sentences, seed, corpus_dir)
+        make_corpus(corpus_dir, num_sentences, seed, test_fraction, workers=workers, train_rows=train_rows)
+    info = json.loads(info_path.read_text())
+    wanted = {"num_sentences": num_sentences, "seed": seed, "test_fraction": test_fraction}
+    has_rows, needs_rows = info.get("train_rows", info["sizes"]["train"]), train_rows or info["sizes"]["train"]
+    if {key: info[key] for key in wanted} != wanted or has_rows < needs_rows:
+        raise ValueError(
+            f"{corpus_dir} holds a corpus of {info['num_sentences']} sentences, seed {info['seed']}, test fraction "
+            f"{info['test_fraction']}, {has_rows} train rows; wanted {wanted} and {needs_rows} train rows. Use "
+            "another folder, or remove this one."
+        )
+    return corpus_dir
+
+
+def corpus_splits(
+    corpus_dir: str | os.PathLike,
+    seed: int = 0,
+    skip_counter: SkipCounter | None = None,
+    train_rows: int | None = None,
+    test_rows: int | None = None,
+) -> tuple[Dataset, list[dict]]:
+    """`(train dataset, test rows)` of a corpus, both with biasing prompts (`BIASING`); the train prompts' lists are
+    drawn from `seed`, the test prompts' from seed 0 whatever `seed`, so that every run is scored on the same
+    prompts. `train_rows` / `test_rows` keep the first that many rows (`None`: all)."""
+    corpus_dir = Path(corpus_dir)
+    train = create_audio_dataset(
+        "jsonl",
+        skip_counter,
+        jsonl_paths=str(corpus_dir / "train.jsonl"),
+        num_egs=train_rows,
+        biasing=BIASING,
+        seed=seed,
+    )
+    test = create_audio_dataset(
+        "jsonl", jsonl_paths=str(corpus_dir / "test.jsonl"), num_egs=test_rows, biasing=BIASING, seed=0
+    )
+    return train, list(test)
+
+
+class TrainingClock(TrainerCallback):
+    """Evaluates held-out WER, CER, B-WER and U-WER (`evaluator`, a `TranscriptionEvalCallback` that is not itself
+    among the trainer's callbacks) before the first step, every `every` seconds of training (time spent evaluating
+    excluded) or steps (`unit`), and after the last step; stops training after `max_seconds` of it. Keeps the `curve`:
+    one dict per evaluation with the step, training and wall seconds, the figures, and the values of `log_keys` that
+    the trainer logged at that step (a log is forced there). `progress`, a stream (or True for stderr), shows a bar
+    there over the training seconds (or steps) to come.
+    """
+
+    def __init__(
+        self,
+        evaluator: TranscriptionEvalCallback,
+        every: float,
+        unit: str = "seconds",
+        max_seconds: float | None = None,
+        log_keys: tuple[str, ...] = ("loss", "learning_rate"),
+        progress: bool | TextIO = False,
+    ):
+        if unit not in ("seconds", "steps"):
+            raise ValueError(f"unit must be 'seconds' or 'steps', got {unit!r}.")
+        self.evaluator, self.every, self.unit, self.max_seconds = evaluator, every, unit, max_seconds
+        self.log_keys, self.progress = log_keys, progress
+        self.curve: list[dict[str, Any]] = []
+        self.eval_seconds, self.pending, self.bar = 0.0, False, None
+
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self.start - self.eval_seconds
+
+    def record(self, state, logs: dict | None = None) -> None:
+        began = time.perf_counter()
+        self.evaluator.evaluate(state.global_step)
+        self.eval_seconds += time.perf_counter() - began
+        metrics = next(iter(self.evaluator.history.values()))[-1]["metrics"]
+        self.curve.append(
+            {
+                "step": state.global_step,
+                "train_seconds": round(self.train_seconds(), 1),
+                "wall_seconds": round(time.perf_counter() - self.start, 1),
+                **{key: (logs or {}).get(key) for key in self.log_keys},
+                **{key: round(metrics[key], 4) for key in METRICS},
+            }
+        )
+        logger.info("Curve: %s", json.dumps(self.curve[-1]))
+        self.next_eval += self.every
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.next_eval = time.perf_counter(), 0.0
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            total = self.max_seconds if self.unit == "seconds" and self.max_seconds else state.max_steps
+            unit = " s" if self.unit == "seconds" else " steps"
+            self.bar = tqdm(
+                total=round(total),
+                file=None if self.progress is True else self.progress,
+                bar_format="  {percentage:3.0f}%|{bar:40}| {n}/{total}" + unit + " of training{postfix}",
+                mininterval=2.0,  # a log file gets a line every 2 s, not one per step
+            )
+        self.record(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.max_seconds is not None and self.train_seconds() >= self.max_seconds:
+            control.should_training_stop = True
+        progress = self.train_seconds() if self.unit == "seconds" else state.global_step
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"step {state.global_step}", refresh=False)
+            self.bar.update(round(min(progress, self.bar.total)) - self.bar.n)
+        if progress >= self.next_eval or state.global_step >= state.max_steps or control.should_training_stop:
+            # Evaluated in on_log, so that the curve holds what the trainer logs for this step.
+            self.pending, control.should_log = True, True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.pending and logs and "loss" in logs:
+            self.pending = False
+            self.record(state, logs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+        if self.curve[-1]["step"] != state.global_step:
+            self.record(state)
+
+
+def online_dpo_config(output_dir: str | os.PathLike, **overrides: Any) -> AudioOnlineDPOConfig:
+    """The benchmark's online-DPO arm: full fine-tuning of the text decoder (the audio path frozen by the caller,
+    `modeling.freeze_audio_path`), 8 samples per clip at temperature 0.7, the best against the worst by WER reward
+    plus bias-word recall, sigmoid loss with beta 0.1, a constant learning rate of 5e-5 (the best of the settings
+    tried, benchmarks/RESULTS.md; 1e-4 at temperature 1 already raised held-out WER), the run stopped by a
+    `TrainingClock`. `overrides` replace any of these."""
+    settings = {
+        "per_device_train_batch_size": 4,
+        "num_generations": 8,
+        "temperature": 0.7,
+        "max_new_tokens": 40,
+        "beta": 0.1,
+        "loss_type": "sigmoid",
+        "learning_rate": 5e-5,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "max_steps": 100_000,
+        "gradient_checkpointing": False,
+        "logging_steps": 5,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "bf16": False,
+        "seed": 0,
+    }
+    return AudioOnlineDPOConfig(output_dir=str(output_dir), **(settings | overrides))
+
+
+def continued_sft_config(output_dir: str | os.PathLike, **overrides: Any) -> AudioSFTConfig:
+    """The benchmark's continued-SFT arm: the warm start's audio SFT at a constant learning rate, batch 8, stopped by
+    a `TrainingClock`. `overrides` replace any of these."""
+    settings = {
+        "per_device_train_batch_size": 8,
+        "learning_rate": 1e-4,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "max_steps": 100_000,
+        "activation_checkpointing": False,
+        "logging_steps": 10,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    return AudioSFTConfig(output_dir=str(output_dir), **(settings | overrides))
+
+
+def online_dpo_trainer(
+    model: Any,
+    processor: Any,
+    train_dataset: Dataset,
+    output_dir: str | os.PathLike,
+    skip_counter: SkipCounter | None = None,
+    **overrides: Any,
+) -> AudioOnlineDPOTrainer:
+    """The online-DPO arm on `train_dataset`: `online_dpo_config(output_dir, **overrides)`, rewards `REWARDS`, a frozen
+    copy of `model` as the reference."""
+    return AudioOnlineDPOTrainer(
+        model=model,
+        reward_funcs=get_reward_funcs(REWARDS),
+        args=online_dpo_config(output_dir, **overrides),
+        train_dataset=train_dataset,
+        processing_class=processor,
+        skip_counter=skip_counter,
+    )
+
+
+def continued_sft_trainer(
+    model: Any,
+    processor: Any,
+    train_dataset: Dataset,
+    output_dir: str | os.PathLike,
+    skip_counter: SkipCounter | None = None,
+    **overrides: Any,
+) -> AudioSFTTrainer:
+    """The continued-SFT arm on `train_dataset`: `continued_sft_config(output_dir, **overrides)`."""
+    return AudioSFTTrainer(
+        model=model,
+        args=continued_sft_config(output_dir, **overrides),
+        train_dataset=train_dataset,
+        processing_class=processor,
+        skip_counter=skip_counter,
+    )
