@@ -8,6 +8,7 @@ Usage (from the repository root):
 
     python benchmarks/learning.py --minutes 4 --seeds 0 1 2                 # both arms, two runs at a time
     python benchmarks/learning.py --minutes 4 --arms dpo --set learning_rate=2e-4 --set beta=0.05 --tag lr2e-4
+    python benchmarks/learning.py --minutes 3 --arms dpo --seeds 0 --lora_r 16 --set learning_rate=5e-4 --tag lora
     python benchmarks/learning.py --minutes 0.2 --seeds 0 --test_rows 16    # a smoke run
 
 Each run is its own process pinned to one core (one run at a time on each of `--cores`) with one torch thread, so
@@ -70,11 +71,14 @@ def run_one(args: argparse.Namespace) -> dict:
     skip_counter = SkipCounter()
     train, test = corpus_splits(args.corpus_dir, args.seed, skip_counter, test_rows=args.test_rows)
     result = {"arm": args.arm, "seed": args.seed, "model": str(args.model), "overrides": dict(args.set)}
+    result["lora_r"] = args.lora_r if args.arm == "dpo" else 0
     if args.arm != "start":
         output_dir = Path(args.out_dir, f"{args.arm}-seed{args.seed}")
         overrides = {"seed": args.seed, **dict(args.set)}
         if args.arm == "dpo":
-            trainer = online_dpo_trainer(model, processor, train, output_dir, skip_counter, **overrides)
+            trainer = online_dpo_trainer(
+                model, processor, train, output_dir, skip_counter, lora_r=args.lora_r, **overrides
+            )
             log_keys = ("loss", "objective/kl", "pairs/tied_fraction", *REWARD_LOG_KEYS)
         else:
             trainer = continued_sft_trainer(model, processor, train, output_dir, skip_counter, **overrides)
@@ -160,6 +164,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=["dpo", "sft"], choices=["dpo", "sft"])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config field.")
+    parser.add_argument("--lora_r", type=int, default=0, help="DPO arm: a LoRA of this rank (0: full fine-tuning).")
     parser.add_argument("--tag", default="", help="Suffix of the result files (to keep tuning runs apart).")
     parser.add_argument("--cores", type=int, nargs="+", default=[0, 1], help="Cores to run on, one run on each.")
     parser.add_argument("--test_rows", type=int, default=None, help="Held-out rows scored (default: all 150).")

@@ -10,7 +10,7 @@ from helpers import audio_rows, make_config, token_sum_reward
 
 from trl_audio import AudioOnlineDPOTrainer
 from trl_audio.evaluation import TranscriptionEvalCallback, evaluate_rows
-from trl_audio.recipe import METRICS, TrainingClock, corpus_splits, ensure_corpus
+from trl_audio.recipe import METRICS, TrainingClock, corpus_splits, ensure_corpus, online_dpo_trainer
 from trl_audio.testing import load_tiny
 
 
@@ -76,3 +76,13 @@ def test_training_clock_stops_after_its_seconds_and_keeps_the_curve(tiny_phi4mm_
     assert all(c["loss"] is not None and c["objective/kl"] is not None for c in clock.curve[1:])
     assert all(set(METRICS) <= set(c) for c in clock.curve)
     assert 3.0 <= clock.curve[-1]["train_seconds"] < 3.0 + 10  # stops at the first step end past 3 s
+
+
+def test_online_dpo_trainer_with_lora_r_trains_a_decoder_lora_against_the_model_without_it(tiny_phi4mm_dir, tmp_path):
+    model, processor = load_tiny(tiny_phi4mm_dir)
+    rows = Dataset.from_list([row | {"keywords": []} for row in audio_rows(2)])
+    trainer = online_dpo_trainer(model, processor, rows, tmp_path, lora_r=4, report_to="none", max_steps=1)
+    trainable = [name for name, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name and ".layers." in name for name in trainable)
+    assert trainer.ref_model is None  # the reference is the model with its adapter off
+    assert trainer.args.temperature == 0.7 and trainer.args.num_generations == 8

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from datasets import Dataset
+from peft import LoraConfig
 from transformers import TrainerCallback
 
 from .audio_dataset import create_audio_dataset
 from .config import AudioOnlineDPOConfig
 from .corpus import make_corpus
 from .evaluation import TranscriptionEvalCallback
+from .modeling import decoder_lora_targets
 from .rewards import get_reward_funcs
 from .sft import AudioSFTConfig, AudioSFTTrainer
 from .skips import SkipCounter
@@ -230,10 +232,16 @@ def online_dpo_trainer(
     train_dataset: Dataset,
     output_dir: str | os.PathLike,
     skip_counter: SkipCounter | None = None,
+    lora_r: int = 0,
     **overrides: Any,
 ) -> AudioOnlineDPOTrainer:
     """The online-DPO arm on `train_dataset`: `online_dpo_config(output_dir, **overrides)`, rewards `REWARDS`, a frozen
-    copy of `model` as the reference."""
+    copy of `model` as the reference; or, with `lora_r`, a LoRA of that rank (alpha 2r) on the text decoder's
+    projections (`modeling.decoder_lora_targets`), the reference being the model with the adapter off."""
+    peft_config = None
+    if lora_r:
+        targets = decoder_lora_targets(model.config.model_type)
+        peft_config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, target_modules=targets, task_type="CAUSAL_LM")
     return AudioOnlineDPOTrainer(
         model=model,
         reward_funcs=get_reward_funcs(REWARDS),
@@ -241,6 +249,7 @@ def online_dpo_trainer(
         train_dataset=train_dataset,
         processing_class=processor,
         skip_counter=skip_counter,
+        peft_config=peft_config,
     )
 
 
