@@ -69,7 +69,7 @@ def run_one(args: argparse.Namespace) -> dict:
     model.float()
     freeze_audio_path(model)
     skip_counter = SkipCounter()
-    train, test = corpus_splits(args.corpus_dir, args.seed, skip_counter, test_rows=args.test_rows)
+    train, test = corpus_splits(args.corpus_dir, args.seed, skip_counter, args.train_rows, args.test_rows)
     result = {"arm": args.arm, "seed": args.seed, "model": str(args.model), "overrides": dict(args.set)}
     result["lora_r"] = args.lora_r if args.arm == "dpo" else 0
     if args.arm != "start":
@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--lora_r", type=int, default=0, help="DPO arm: a LoRA of this rank (0: full fine-tuning).")
     parser.add_argument("--tag", default="", help="Suffix of the result files (to keep tuning runs apart).")
     parser.add_argument("--cores", type=int, nargs="+", default=[0, 1], help="Cores to run on, one run on each.")
+    parser.add_argument("--train_rows", type=int, default=None, help="Training rows (default: all 11,850).")
     parser.add_argument("--test_rows", type=int, default=None, help="Held-out rows scored (default: all 150).")
     parser.add_argument("--curve_rows", type=int, default=40)
     parser.add_argument("--curve_every", type=float, default=60.0, help="Seconds of training between evaluations.")
@@ -183,7 +184,7 @@ def main() -> None:
 
     from trl_audio.recipe import ensure_corpus
 
-    ensure_corpus(args.corpus_dir, workers=len(args.cores))
+    ensure_corpus(args.corpus_dir, train_rows=args.train_rows, workers=len(args.cores))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.tag}" if args.tag else ""

@@ -48,7 +48,7 @@ def test_learning_smoke_run_summarizes_both_arms_over_seeds(small_corpus_dir, tm
     out_dir = tmp_path / "learning"
     command = [
         sys.executable, str(REPO / "benchmarks/learning.py"), "--corpus_dir", str(small_corpus_dir),
-        "--out_dir", str(out_dir), "--minutes", "0.05", "--seeds", "0", "1", "--test_rows", "4",
+        "--out_dir", str(out_dir), "--minutes", "0.05", "--seeds", "0", "1", "--train_rows", "8", "--test_rows", "4",
         "--curve_rows", "2", "--curve_every", "1",
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, timeout=600)

@@ -41,6 +41,8 @@ def test_ensure_corpus_refuses_another_corpus(small_corpus_dir):
         ensure_corpus(small_corpus_dir, seed=1)
     with pytest.raises(ValueError, match="wanted .* and 9 train rows"):
         ensure_corpus(small_corpus_dir, train_rows=9)
+    with pytest.raises(ValueError, match="wanted .* and 11850 train rows"):  # the whole corpus, by default
+        ensure_corpus(small_corpus_dir)
     assert ensure_corpus(small_corpus_dir, train_rows=4) == small_corpus_dir
 
 

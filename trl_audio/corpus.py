@@ -233,6 +233,8 @@ def synthesize(
     """
     if not rows:
         raise ValueError("No rows to synthesize.")
+    if positions is not None and len(positions) != len(rows):
+        raise ValueError(f"positions must give one position per row: {len(positions)} for {len(rows)} rows.")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} already holds files: give a new or empty out_dir.")

@@ -61,7 +61,9 @@ def ensure_corpus(
         make_corpus(corpus_dir, num_sentences, seed, test_fraction, workers=workers, train_rows=train_rows)
     info = json.loads(info_path.read_text())
     wanted = {"num_sentences": num_sentences, "seed": seed, "test_fraction": test_fraction}
-    has_rows, needs_rows = info.get("train_rows", info["sizes"]["train"]), train_rows or info["sizes"]["train"]
+    # The train rows synthesized, and those wanted: all of them (the train split comes first) unless `train_rows`.
+    has_rows = info["sizes"]["train"]
+    needs_rows = num_sentences - round(num_sentences * test_fraction) if train_rows is None else train_rows
     if {key: info[key] for key in wanted} != wanted or has_rows < needs_rows:
         raise ValueError(
             f"{corpus_dir} holds a corpus of {info['num_sentences']} sentences, seed {info['seed']}, test fraction "
