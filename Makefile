@@ -7,11 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install clean test-vllm vllm-venv vllm-server
 
+# pip's own output (and the build backend's) goes to $(VENV)/install.log, shown only if the install fails.
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
-	touch $(STAMP)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "Installing trl-audio and its dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@($(PY) -m pip install --upgrade pip && $(PY) -m pip install -c constraints.txt -e ".[dev]") \
+		> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@touch $(STAMP)
 
 install: $(STAMP)
 

@@ -7,6 +7,7 @@ Usage:
     python benchmarks/bench_online_dpo.py --quick                     # a smoke run (tiny model, 1 repeat), < 1 min
     python benchmarks/bench_online_dpo.py --repeats 7 --max_new_tokens 32 --output results.json
     taskset -c 0 python benchmarks/bench_online_dpo.py --vllm         # only E: HF generate vs a vLLM server (core 1)
+    taskset -c 0 python benchmarks/bench_online_dpo.py --whisper --repeats 3   # only F: Whisper tiny.en's encoder
 
 Every variant is its own trainer (a copy of one small Phi-4-MM built from code, random weights, with a LoRA on the
 text decoder) and its own fixed batch of bundled clips; one step is `training_step` (generation, rewards, policy and
@@ -19,6 +20,12 @@ a LoRA, N=4, gradient checkpointing off, generating with HF `generate` (KV cache
 vLLM server from `.venv-vllm` (`make vllm-venv`) pinned to `--vllm_cores`, the weights pushed before every step (LoRA
 merged), as `vllm_sync_steps=1` does in training. Its breakdown gives the generation share of the step (the push
 included) and the push time.
+
+`--whisper` runs only scenario F instead: the speed switches on (after) and off (before) where the audio encoder costs
+something, a small Qwen2-Audio whose audio tower is Whisper tiny.en's pretrained encoder (4 layers, d_model 384), at
+the shipped warm start's 6 s window (examples/models/whisper_qwen2_audio_warm_start, its trained decoder) and at
+Qwen2-Audio's own 30 s window (`build_whisper_qwen2_audio`, the same encoder, a random decoder); N=8, LoRA r=8 on the
+text decoder, gradient checkpointing off as in the learning recipe (`--quick`: the 6 s window only).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import json
 import os
 import platform
@@ -45,14 +53,15 @@ from peft import LoraConfig
 from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
-from trl_audio.modeling import decoder_lora_targets
+from trl_audio.modeling import AUDIO_ENCODER_MODULES, decoder_lora_targets
 from trl_audio.rewards import bias_word_recall_reward, wer_reward
-from trl_audio.testing import build_tiny_phi4mm, build_tiny_qwen2_audio, load_tiny
+from trl_audio.testing import build_tiny_phi4mm, build_tiny_qwen2_audio, build_whisper_qwen2_audio, load_tiny
 from trl_audio.vllm_client import VLLM_VENV, LocalVLLMServer
 
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "examples/data/speech_sample"
+WARM_START = REPO / "examples/models/whisper_qwen2_audio_warm_start"
 SWITCHES = ("generate_with_cache", "reuse_audio_embeddings", "share_prompt_prefill", "forward_pairs_only")
 PHASES = ("processor", "audio encoder", "generation", "policy fwd+bwd", "reference fwd", "rewards", "rest")
 
@@ -116,7 +125,8 @@ def instrument(trainer: AudioOnlineDPOTrainer, clock: PhaseClock, counters: dict
     wrap(trainer, "_forward", lambda *a, **k: "policy fwd+bwd" if torch.is_grad_enabled() else "reference fwd")
     wrap(trainer.accelerator, "backward", "policy fwd+bwd")
     base = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-    encoder = base.get_submodule("model.embed_tokens_extend.audio_embed.encoder")
+    (encoder_name,) = AUDIO_ENCODER_MODULES[base.config.model_type]
+    encoder = base.get_submodule(encoder_name)
     open_phases = []
 
     def before(module, args):
@@ -131,6 +141,7 @@ def instrument(trainer: AudioOnlineDPOTrainer, clock: PhaseClock, counters: dict
     encoder.register_forward_hook(after)
     forward = base.forward
 
+    @functools.wraps(forward)  # generate validates its kwargs against the forward's signature
     def timed_forward(*args, **kwargs):
         start = time.perf_counter()
         out = forward(*args, **kwargs)
@@ -206,7 +217,7 @@ def make_variant(name, model, processor, args, out_dir, **config):
         seed=0,
         max_length=4096,
     )
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=decoder_lora_targets("phi4_multimodal"))
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=decoder_lora_targets(model.config.model_type))
     if kind == "trl":
         trainer = OnlineDPOTrainer(
             model=copy.deepcopy(model),
@@ -312,6 +323,88 @@ def vllm_scenarios(args, tmp: Path, repeats: int) -> tuple[dict, dict]:
     return scenarios, {"E step time vllm / hf generate": vllm / hf, "E step time hf generate / vllm": hf / vllm}
 
 
+def time_variants(variants: list[dict], repeats: int) -> tuple[dict, dict, dict]:
+    """Step times (a warm-up round, then `repeats` rounds of one step per variant in turn), peak RSS per variant, and
+    one more instrumented step per audio variant: phases, encoder rows, generation forwards."""
+    times = defaultdict(list)
+    peaks = {}
+    for variant in variants:  # warm-up round
+        run_step(variant)
+    for _ in range(repeats):
+        for variant in variants:
+            with RssPeak() as rss:
+                times[variant["name"]].append(run_step(variant))
+            peaks[variant["name"]] = max(peaks.get(variant["name"], 0), rss.peak)
+    # One more instrumented step per audio variant: phases, encoder rows, generation forwards
+    breakdown = {}
+    for variant in variants:
+        if variant["kind"] != "ours":
+            continue
+        clock, counters = PhaseClock(), {"encoder_rows": 0, "generate_forwards": [], "generate_s": 0.0}
+        instrument(variant["trainer"], clock, counters)
+        with clock.phase("rest"):  # what no phase claims: the optimizer step, the loss, the metrics
+            total = run_step(variant)
+        forwards = counters["generate_forwards"]
+        breakdown[variant["name"]] = {
+            "instrumented_step_s": total,
+            "phases_s": {p: clock.seconds[p] for p in PHASES},
+            "encoder_rows": counters["encoder_rows"],
+            "generate_s": counters["generate_s"],
+            "generate_forwards": len(forwards),
+            "prefill_s": forwards[0],
+            "prefill_share_of_generate": forwards[0] / counters["generate_s"],
+        }
+
+    return times, peaks, breakdown
+
+
+def main_whisper(args):
+    """`--whisper`: scenario F only, printed and written as the full run's results are."""
+    repeats = 1 if args.quick else args.repeats
+    if args.quick:
+        args.batch_size, args.max_new_tokens = 2, 6
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        models = {"6 s": load_tiny(WARM_START)}
+        if not args.quick:  # the 30 s window's "before" step takes a minute
+            models["30 s"] = load_tiny(build_whisper_qwen2_audio(tmp / "window30", window_seconds=30))
+        variants = []
+        for window, (model, processor) in models.items():
+            for switches_on in (True, False):
+                name = f"F whisper enc {window} N=8 gc off {'after' if switches_on else 'before'}"
+                variants.append(
+                    make_variant(
+                        name, model, processor, args, tmp, kind="ours", n=8, gc=False,
+                        **dict.fromkeys(SWITCHES, switches_on),
+                    )
+                )  # fmt: skip
+        times, peaks, breakdown = time_variants(variants, repeats)
+    results = {
+        "command": "python benchmarks/bench_online_dpo.py --whisper"
+        + (" --quick" if args.quick else f" --repeats {repeats}"),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 torch thread",
+        "model": "Qwen2-Audio on Whisper tiny.en's encoder (6 s: the shipped warm start; 30 s: random decoder), "
+        "LoRA r=8 on the text decoder",
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "repeats": repeats,
+        "scenarios": {
+            name: {**summarize(t), "peak_rss_mb": peaks[name] / 2**20, **breakdown.get(name, {})}
+            for name, t in times.items()
+        },
+    }
+    med = {name: s["median_s"] for name, s in results["scenarios"].items()}
+    results["summary"] = {
+        f"F step time before/after, {window}": med[f"F whisper enc {window} N=8 gc off before"]
+        / med[f"F whisper enc {window} N=8 gc off after"]
+        for window in models
+    }
+    print_table(results)
+    write_results(results, args, "-whisper")
+
+
 def summarize(times):
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": len(times)}
 
@@ -325,10 +418,15 @@ def main():
     parser.add_argument("--output", help="JSON path (default: benchmarks/results/<date>-<host>.json)")
     parser.add_argument("--vllm", action="store_true", help="only scenario E: HF generate vs a vLLM server")
     parser.add_argument("--vllm_cores", default="1", help="the cores (taskset) of the vLLM server of --vllm")
+    parser.add_argument(
+        "--whisper", action="store_true", help="only scenario F: Whisper tiny.en's encoder, 6 s / 30 s"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.vllm:
         return main_vllm(args)
+    if args.whisper:
+        return main_whisper(args)
     size, sample_counts, repeats = ("tiny", (2, 4), 1) if args.quick else ("small", (2, 4, 8), args.repeats)
     if args.quick:
         args.batch_size, args.max_new_tokens = 2, 6
@@ -352,34 +450,7 @@ def main():
                             kind="ours", n=n, gc=gc, **dict.fromkeys(SWITCHES, switches_on),
                         )
                     )  # fmt: skip
-        times = defaultdict(list)
-        peaks = {}
-        for variant in variants:  # warm-up round
-            run_step(variant)
-        for _ in range(repeats):
-            for variant in variants:
-                with RssPeak() as rss:
-                    times[variant["name"]].append(run_step(variant))
-                peaks[variant["name"]] = max(peaks.get(variant["name"], 0), rss.peak)
-        # One more instrumented step per audio variant: phases, encoder rows, generation forwards
-        breakdown = {}
-        for variant in variants:
-            if variant["kind"] != "ours":
-                continue
-            clock, counters = PhaseClock(), {"encoder_rows": 0, "generate_forwards": [], "generate_s": 0.0}
-            instrument(variant["trainer"], clock, counters)
-            with clock.phase("rest"):  # what no phase claims: the optimizer step, the loss, the metrics
-                total = run_step(variant)
-            forwards = counters["generate_forwards"]
-            breakdown[variant["name"]] = {
-                "instrumented_step_s": total,
-                "phases_s": {p: clock.seconds[p] for p in PHASES},
-                "encoder_rows": counters["encoder_rows"],
-                "generate_s": counters["generate_s"],
-                "generate_forwards": len(forwards),
-                "prefill_s": forwards[0],
-                "prefill_share_of_generate": forwards[0] / counters["generate_s"],
-            }
+        times, peaks, breakdown = time_variants(variants, repeats)
 
     results = {
         "command": "python benchmarks/bench_online_dpo.py" + (" --quick" if args.quick else f" --repeats {repeats}"),

