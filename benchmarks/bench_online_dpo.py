@@ -278,9 +278,9 @@ def vllm_scenarios(args, tmp: Path, repeats: int) -> tuple[dict, dict]:
                 peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=decoder_lora_targets("qwen2_audio")),
             )  # fmt: skip
             trainer.generation_config.min_new_tokens = args.max_new_tokens  # every sample runs to max_new_tokens
-            chat_many = trainer.vllm_client.chat_many if use_vllm else None
+            chat_many = trainer.vllm_sampler.client.chat_many if use_vllm else None
             if use_vllm:
-                trainer.vllm_client.chat_many = lambda *a, chat_many=chat_many, **k: chat_many(
+                trainer.vllm_sampler.client.chat_many = lambda *a, chat_many=chat_many, **k: chat_many(
                     *a, **k, min_tokens=args.max_new_tokens
                 )
             trainer.create_optimizer()
@@ -288,8 +288,11 @@ def vllm_scenarios(args, tmp: Path, repeats: int) -> tuple[dict, dict]:
         clocks = {name: defaultdict(float) for name in variants}
         for name, variant in variants.items():
             trainer = variant["trainer"]
-            for method in ("_generate", "_generate_vllm", "_push_weights_to_vllm"):
-                original = getattr(trainer, method)
+            owners = {"_generate": trainer, "_generate_vllm": trainer, "push_weights": trainer.vllm_sampler}
+            for method, owner in owners.items():
+                if owner is None:  # HF generation: no sampler, no weight pushes
+                    continue
+                original = getattr(owner, method)
 
                 def timed(*a, original=original, method=method, clock=clocks[name], **k):
                     start = time.perf_counter()
@@ -298,7 +301,7 @@ def vllm_scenarios(args, tmp: Path, repeats: int) -> tuple[dict, dict]:
                     finally:
                         clock[method] += time.perf_counter() - start
 
-                setattr(trainer, method, timed)
+                setattr(owner, method, timed)
         times = defaultdict(list)
         for round_index in range(repeats + 1):  # the first round warms up
             for name, variant in variants.items():
@@ -310,7 +313,7 @@ def vllm_scenarios(args, tmp: Path, repeats: int) -> tuple[dict, dict]:
                     times[name].append(seconds)
                     generation = clocks[name]["_generate"] + clocks[name]["_generate_vllm"]
                     times[f"{name} generation share"].append(generation / seconds)
-                    times[f"{name} push"].append(clocks[name]["_push_weights_to_vllm"])
+                    times[f"{name} push"].append(clocks[name]["push_weights"])
     scenarios = {
         name: {
             **summarize(times[name]),

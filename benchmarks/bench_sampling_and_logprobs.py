@@ -26,7 +26,7 @@ from datasets import Dataset
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.prompt_inputs import SKIPPED_KEY, select_rows, to_model_inputs
 from trl_audio.testing import build_tiny_phi4mm, load_tiny
-from trl_audio.trainer import accepts_logits_to_keep
+from trl_audio.generation import accepts_logits_to_keep
 
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples/data/speech_sample"
@@ -108,7 +108,7 @@ def main():
                 trainer._forward(model, prompts, samples, completion_ids, completion_mask)
 
         def forward_all_logits():
-            with torch.no_grad(), mock.patch("trl_audio.trainer.accepts_logits_to_keep", return_value=False):
+            with torch.no_grad(), mock.patch("trl_audio.generation.accepts_logits_to_keep", return_value=False):
                 trainer._forward(model, prompts, samples, completion_ids, completion_mask)
 
         assert accepts_logits_to_keep(model)

@@ -1,6 +1,6 @@
 """The configuration fields every audio trainer shares, as dataclass mixins placed before TRL's config class:
 `AudioDataConfig` (bad audio and too-long rows: SFT, online DPO, GRPO) and `AudioRolloutConfig` (sampling with audio:
-encode-once, shared prefill, vLLM server, completions log, pre-emption: online DPO, GRPO)."""
+encode-once, shared prefill, vLLM server, pre-emption: online DPO, GRPO)."""
 
 from __future__ import annotations
 
@@ -67,11 +67,6 @@ class AudioRolloutConfig(AudioDataConfig):
     `AudioOnlineDPOConfig` and `AudioGRPOConfig` (before TRL's config class).
 
     Parameters:
-        log_completions (`bool`, *optional*, defaults to `False`):
-            Every `logging_steps`, log the last step's prompts with their samples: one JSON object per prompt (its
-            id, prompt text, reference, and each sample's text, score, per-function rewards and role) appended to
-            `<output_dir>/completions.jsonl`, and the same as a table to wandb and as text to tensorboard when they
-            are in `report_to`. Main process only.
         save_on_preemption (`bool`, *optional*, defaults to `True`):
             On SIGTERM or SIGINT during training, finish the current step, save a checkpoint and stop (exit code 0);
             see `trl_audio.preemption`. Resume with `resume_from_checkpoint`.
@@ -106,13 +101,6 @@ class AudioRolloutConfig(AudioDataConfig):
             instead of prefilling one copy of the prompt per sample (with the cache only).
     """
 
-    log_completions: bool = field(
-        default=False,
-        metadata={
-            "help": "Every logging_steps, log the last step's prompts with their samples, scores and rewards to "
-            "<output_dir>/completions.jsonl, and to wandb (a table) and tensorboard (text) when in report_to."
-        },
-    )
     save_on_preemption: bool = field(
         default=True,
         metadata={"help": "On SIGTERM or SIGINT, finish the current step, save a checkpoint and stop (exit code 0)."},

@@ -21,6 +21,11 @@ class AudioOnlineDPOConfig(AudioRolloutConfig, OnlineDPOConfig):
             Maximum number of tokens of prompt (audio placeholder tokens included) plus completion. Unlike TRL, a
             prompt is never truncated: a row whose prompt plus `max_new_tokens` would not fit is handled as
             `on_too_long` says.
+        log_completions (`bool`, *optional*, defaults to `False`):
+            Every `logging_steps`, log the last step's prompts with their samples: one JSON object per prompt (its
+            id, prompt text, reference, and each sample's text, score, per-function rewards and role in the pair)
+            appended to `<output_dir>/completions.jsonl`, and the same as a table to wandb and as text to tensorboard
+            when they are in `report_to`. Main process only.
         rpo_alpha (`float` or `None`, *optional*, defaults to `None`):
             Weight of a negative log-likelihood term on each pair's chosen sample (mean over its tokens), added to the
             DPO loss (RPO, Pang et al. 2024; TRL's `DPOConfig.rpo_alpha`). `None`: DPO alone.
@@ -29,9 +34,9 @@ class AudioOnlineDPOConfig(AudioRolloutConfig, OnlineDPOConfig):
             samples only (2 of `num_generations`): the loss is the same. `objective/kl` and `objective/entropy` are
             then averaged over those samples, not over all of them.
 
-    The audio fields (`on_too_long`, `on_error`, `max_audio_seconds`, `log_completions`, `save_on_preemption`,
-    `vllm_mode`, `vllm_sync_steps`, `vllm_weights_dir`, `generate_with_cache`, `reuse_audio_embeddings`,
-    `share_prompt_prefill`) are `AudioRolloutConfig`'s, shared with `AudioGRPOConfig`: see there.
+    The audio fields (`on_too_long`, `on_error`, `max_audio_seconds`, `save_on_preemption`, `vllm_mode`,
+    `vllm_sync_steps`, `vllm_weights_dir`, `generate_with_cache`, `reuse_audio_embeddings`, `share_prompt_prefill`)
+    are `AudioRolloutConfig`'s, shared with `AudioGRPOConfig`: see there.
     """
 
     num_generations: int = field(
@@ -47,6 +52,13 @@ class AudioOnlineDPOConfig(AudioRolloutConfig, OnlineDPOConfig):
             "help": "Maximum number of tokens of prompt (audio placeholder tokens included) plus completion. Unlike "
             "TRL, a prompt is never truncated: a row whose prompt plus `max_new_tokens` would not fit is handled as "
             "`on_too_long` says."
+        },
+    )
+    log_completions: bool = field(
+        default=False,
+        metadata={
+            "help": "Every logging_steps, log the last step's prompts with their samples, scores and rewards to "
+            "<output_dir>/completions.jsonl, and to wandb (a table) and tensorboard (text) when in report_to."
         },
     )
     rpo_alpha: float | None = field(

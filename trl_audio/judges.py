@@ -23,12 +23,19 @@ from transformers import (
     PreTrainedModel,
     ProcessorMixin,
 )
-from trl.data_utils import apply_chat_template, is_conversational
+from trl.data_utils import is_conversational
 
 from .audio_utils import load_audio
+from .generation import accepts_logits_to_keep
 from .modeling import init_model
-from .prompt_inputs import process_prompts, processor_sampling_rate, render_prompts, to_model_inputs
-from .rewards import wer_reward
+from .prompt_inputs import (
+    process_prompts,
+    processor_sampling_rate,
+    render_prompts,
+    to_model_inputs,
+    without_audio_parts,
+)
+from .rewards import reward_model_texts, wer_reward
 from .text import normalizer
 
 
@@ -180,17 +187,7 @@ class RewardModelJudge:
 
     def scores(self, prompts: list[Any], completions: list[str]) -> torch.Tensor:
         """The reward model's score of each prompt + completion, as a float32 tensor on the CPU."""
-        from .trainer import without_audio_parts  # here, not above: trainer.py imports this module
-
-        if is_conversational({"prompt": prompts[0]}):
-            texts = [
-                apply_chat_template(
-                    {"messages": without_audio_parts(p) + [{"role": "assistant", "content": c}]}, self.tokenizer
-                )["text"]
-                for p, c in zip(prompts, completions)
-            ]
-        else:
-            texts = [p + c for p, c in zip(prompts, completions)]
+        texts = reward_model_texts(prompts, completions, self.tokenizer)
         scores = []
         with _evaluating(self.model):
             for start in range(0, len(texts), self.batch_size):
@@ -208,8 +205,6 @@ class RewardModelJudge:
 def _request_text(prompt: Any) -> str:
     """What the user asked: the text of the prompt's last user message, without its audio parts (a text prompt as it
     is)."""
-    from .trainer import without_audio_parts  # here, not above: trainer.py imports this module
-
     if not is_conversational({"prompt": prompt}):
         return prompt
     return [message["content"] for message in without_audio_parts(prompt) if message["role"] == "user"][-1]
@@ -374,8 +369,6 @@ class LLMJudge:
         return [None] * num_rows
 
     def _label_logprobs(self, questions: list[str], clips: list[np.ndarray | None]) -> torch.Tensor:
-        from .trainer import accepts_logits_to_keep  # here, not above: trainer.py imports this module
-
         # A row with a clip gets an audio part in front of its question (`normalize_prompt`).
         has_template = self.processing_class.chat_template is not None
         prompts = [[{"role": "user", "content": q}] if has_template else q for q in questions]

@@ -9,14 +9,20 @@ projector) are frozen: `audio_path_trains` tells, and the caller then passes the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from .prompt_inputs import select_rows
+from .prompt_inputs import select_rows, to_model_inputs
+
+
+logger = logging.getLogger(__name__)
 
 
 class _ReachedDecoder(Exception):
@@ -149,3 +155,68 @@ class PromptBatch:
         features = select_rows(self.inputs, rows, self.audio_rows)
         del features["input_ids"], features["attention_mask"]
         return {"input_ids": input_ids, "attention_mask": attention_mask, **features}
+
+
+def weights_sharded(accelerator: Accelerator) -> bool:
+    """Whether each process holds only a shard of the weights (FSDP, DeepSpeed ZeRO-3): embeddings cannot then be
+    read outside the wrapped model's forward, nor weights pushed from one process."""
+    deepspeed = accelerator.state.deepspeed_plugin
+    return accelerator.distributed_type == DistributedType.FSDP or (
+        deepspeed is not None and deepspeed.zero_stage == 3
+    )
+
+
+class PromptEncoder:
+    """Builds a step's (or a generation batch's) `PromptBatch` for the policy and for the reference, with each model's
+    audio embeddings read once where they may be reused: `reuse` is on (`reuse_audio_embeddings`), the batch has
+    audio, the weights are whole on this process, the model exposes its decoder layers, and its audio path does not
+    train (known after a first read; checked on every batch). One reader per model, kept across batches."""
+
+    def __init__(self, accelerator: Accelerator, placeholder_ids: list[int], reuse: bool):
+        self.accelerator = accelerator
+        self.placeholder_id = placeholder_ids[0] if placeholder_ids else None
+        self.reuse = reuse
+        self.readers: dict[int, AudioEmbeddingReader | None] = {}
+
+    def reader(self, model: nn.Module, batch: PromptBatch) -> AudioEmbeddingReader | None:
+        """`model`'s reader when its audio embeddings may be read once and reused for `batch`, else None."""
+        if not batch.audio_rows or not self.reuse or weights_sharded(self.accelerator):
+            return None
+        model = self.accelerator.unwrap_model(model)
+        if id(model) not in self.readers:
+            reader = AudioEmbeddingReader(model, self.placeholder_id)
+            if not reader.supported:
+                logger.warning("%s exposes no decoder layers: every pass encodes the clips.", type(model).__name__)
+            self.readers[id(model)] = reader if reader.supported else None
+        reader = self.readers[id(model)]
+        if reader is None or (reader.audio_modules is not None and reader.audio_path_trains()):
+            return None
+        return reader
+
+    def policy_batch(
+        self, model: nn.Module, prompt_inputs: dict[str, torch.Tensor], audios: list | None
+    ) -> PromptBatch:
+        """The prompts for the policy: the processor's outputs on the model's device, and the audio embeddings read
+        once when they can be reused."""
+        batch = PromptBatch(
+            to_model_inputs(model, prompt_inputs), [i for i, audio in enumerate(audios or []) if audio is not None]
+        )
+        reader = self.reader(model, batch)
+        if reader is None:
+            return batch
+        embeddings = reader.read(batch.inputs)
+        # The first read finds the modules on the audio path: only then is it known whether they train.
+        return batch if reader.audio_path_trains() else replace(batch, embeddings=embeddings)
+
+    def reference_batch(self, batch: PromptBatch, policy: nn.Module, ref_model: nn.Module | None) -> PromptBatch:
+        """The prompts for the reference: the policy's audio embeddings where they are the reference's too (the policy
+        with its PEFT adapter disabled, unless the adapter sits on the audio path), or the reference model's own, read
+        once; the processor's features where embeddings cannot be reused."""
+        if ref_model is None:
+            reader = self.reader(policy, batch)
+            if batch.embeddings is None or reader is None or not reader.audio_path_has_adapter():
+                return batch
+            with self.accelerator.unwrap_model(policy).disable_adapter():
+                return replace(batch, embeddings=reader.read(batch.inputs))
+        reader = self.reader(ref_model, batch)
+        return replace(batch, embeddings=reader.read(batch.inputs) if reader is not None else None)

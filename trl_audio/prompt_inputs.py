@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from transformers import Phi4MultimodalFeatureExtractor, ProcessorMixin
 from trl.data_utils import is_conversational, maybe_apply_chat_template
 
 from .audio_utils import AudioLoadError, load_audio
+from .skips import SkipCounter
 
 
 logger = logging.getLogger(__name__)
@@ -232,3 +234,79 @@ def select_rows(inputs: dict[str, Any], rows: list[int], audio_rows: list[int]) 
         else:
             selected[key] = value[clips]
     return selected
+
+
+def without_audio_parts(prompt: Any) -> Any:
+    """The prompt as text-only messages, for text reward models and judges, which cannot hear the audio."""
+    if not is_conversational({"prompt": prompt}):
+        return prompt
+    messages = []
+    for message in prompt:
+        content = message["content"]
+        if not isinstance(content, str):
+            content = "".join(part["text"] for part in content if part.get("type") == "text" and part.get("text"))
+        messages.append({"role": message["role"], "content": content})
+    return messages
+
+
+def prompt_text(prompt: Any) -> str:
+    """The text of a prompt as a reader sees it: the messages' text parts (audio left out), one line each."""
+    if not is_conversational({"prompt": prompt}):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in without_audio_parts(prompt))
+
+
+def rows_that_fit(
+    batch: dict[str, list], lengths: list[int], max_length: int | None, on_too_long: str, explain: Callable[[int], str]
+) -> tuple[list[int], list[str]]:
+    """The rule for rows longer than `max_length` tokens (`lengths[i]`: row i's tokens, audio placeholders included,
+    plus what is reserved for its completion), which are never truncated: returns the indices of the rows that fit and,
+    per row that does not, a message naming it (`row_name`) and saying why (`explain(i)`); with
+    `on_too_long="raise"`, raises that message instead."""
+    keep, messages = [], []
+    for index, length in enumerate(lengths):
+        if max_length is None or length <= max_length:
+            keep.append(index)
+            continue
+        row = {key: values[index] for key, values in batch.items()}
+        message = f"{row_name(row, index)}: {explain(index)}"
+        if on_too_long == "raise":
+            raise ValueError(message)
+        messages.append(message)
+    return keep, messages
+
+
+def prepare_prompts(
+    processing_class: Any,
+    batch: dict[str, list],
+    max_length: int | None,
+    reserved: int,
+    reserved_name: str,
+    on_too_long: str,
+    skip_counter: SkipCounter,
+) -> tuple[dict[str, list], dict[str, torch.Tensor]]:
+    """Renders the batch's prompts with the chat template and runs the processor once over them (text and audio).
+    Rows whose prompt plus `reserved` completion tokens (the config field `reserved_name`) cannot fit in `max_length`
+    are left out and counted in `skip_counter` (or raise, as `on_too_long` says), never truncated. Returns the kept
+    rows' columns and the processor's outputs for them as one dict (empty when no row is left)."""
+    prompt_inputs = process_prompts(processing_class, render_prompts(processing_class, batch), batch.get("audio"))
+    prompt_lengths = prompt_inputs["attention_mask"].sum(dim=1).tolist()
+    keep, messages = rows_that_fit(
+        batch,
+        [length + reserved for length in prompt_lengths],
+        max_length,
+        on_too_long,
+        lambda i: (
+            f"its prompt is {prompt_lengths[i]} tokens (audio placeholders included); with {reserved_name}="
+            f"{reserved} it exceeds max_length={max_length}. Raise max_length or use shorter audio; prompts are never "
+            "truncated."
+        ),
+    )
+    if not messages:
+        return batch, prompt_inputs
+    for message in messages:
+        skip_counter.add("prompt_too_long", message)
+    kept = {key: [values[i] for i in keep] for key, values in batch.items()}
+    if not keep:
+        return kept, {}
+    return prepare_prompts(processing_class, kept, max_length, reserved, reserved_name, on_too_long, skip_counter)

@@ -11,8 +11,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jiwer
+import torch
+import torch.nn as nn
+from trl.data_utils import apply_chat_template, is_conversational
 
 from .evaluation import evaluate_transcripts
+from .prompt_inputs import without_audio_parts
 from .text import normalize, normalizer
 
 
@@ -185,3 +189,47 @@ def get_reward_funcs(names: list[str], normalization: str = "whisper") -> list[C
     return [
         NormalizedReward(f, normalization) if "normalization" in inspect.signature(f).parameters else f for f in funcs
     ]
+
+
+def reward_model_texts(prompts: list[Any], completions: list[Any], tokenizer: Any) -> list[str]:
+    """Each prompt + completion as a text reward model reads it: a conversational prompt without its audio parts
+    (`prompt_inputs.without_audio_parts`), with the completion (a string, or assistant messages) as the assistant's
+    answer, through `tokenizer`'s chat template; a text prompt and a string completion joined as they are."""
+    if not is_conversational({"prompt": prompts[0]}):
+        return [p + c for p, c in zip(prompts, completions)]
+    texts = []
+    for prompt, completion in zip(prompts, completions):
+        answer = [{"role": "assistant", "content": completion}] if isinstance(completion, str) else completion
+        texts.append(apply_chat_template({"messages": without_audio_parts(prompt) + answer}, tokenizer)["text"])
+    return texts
+
+
+def rewards_per_function(
+    reward_funcs: list[Callable | nn.Module],
+    reward_processing_classes: list[Any],
+    prompts: list[Any],
+    completions: list[Any],
+    completion_ids: list[list[int]],
+    device: torch.device,
+    **columns: Any,
+) -> torch.Tensor:
+    """One column per reward function, one row per sample: a reward model (an `nn.Module`) scores the text of prompt +
+    completion (`reward_model_texts`: it cannot hear the audio), a callable gets `prompts`, `completions`,
+    `completion_ids` (without padding) and every other column (`columns`: `text`, `keywords`, `trainer_state`, ...)
+    and may return None for a sample (NaN here)."""
+    rewards = torch.zeros(len(prompts), len(reward_funcs), device=device)
+    for i, (reward_func, processing_class) in enumerate(zip(reward_funcs, reward_processing_classes)):
+        if isinstance(reward_func, nn.Module):
+            inputs = processing_class(
+                text=reward_model_texts(prompts, completions, processing_class),
+                return_tensors="pt",
+                padding=True,
+                padding_side="right",
+                add_special_tokens=False,
+            )
+            with torch.inference_mode():
+                rewards[:, i] = reward_func(**inputs.to(device)).logits[:, 0]
+        else:
+            output = reward_func(prompts=prompts, completions=completions, completion_ids=completion_ids, **columns)
+            rewards[:, i] = torch.tensor([torch.nan if r is None else r for r in output], device=device)
+    return rewards

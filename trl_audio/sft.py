@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -16,24 +16,20 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import flush_left
 
 from . import prompt_inputs
-from .config import AudioOnlineDPOConfig
+from .audio_config import AudioDataConfig
 from .prompt_inputs import SKIPPED_KEY
-from .skips import ON_ERROR_CHOICES, SKIP_REASONS, SkipCounter
+from .skips import SKIP_REASONS, SkipCounter
 
 
 logger = logging.getLogger(__name__)
 
 
-def _online_dpo_field(name: str) -> Any:
-    """A field declared as `AudioOnlineDPOConfig` declares `name` (default and help)."""
-    declared = {f.name: f for f in fields(AudioOnlineDPOConfig)}[name]
-    return field(default=declared.default, metadata=declared.metadata)
-
-
 @dataclass
-class AudioSFTConfig(SFTConfig):
+class AudioSFTConfig(AudioDataConfig, SFTConfig):
     r"""
-    Configuration class for [`AudioSFTTrainer`]: every field of TRL's `SFTConfig`, plus the ones below. The loss is on
+    Configuration class for [`AudioSFTTrainer`]: every field of TRL's `SFTConfig` and of `AudioDataConfig`
+    (`on_too_long`, `on_error`, `max_audio_seconds`: a row longer than `max_length` is one whose prompt and transcript
+    do not fit), plus the ones below. The loss is on
     each row's transcript only (TRL's `completion_only_loss`); `packing`, `padding_free` and `assistant_only_loss` are
     not supported, and `dataset_kwargs` always holds `skip_prepare_dataset=True` (the collator decodes and processes
     each batch, as TRL does for images).
@@ -45,14 +41,6 @@ class AudioSFTConfig(SFTConfig):
         max_length (`int` or `None`, *optional*, defaults to `1024`):
             Maximum number of tokens of prompt (audio placeholder tokens included) plus transcript. Unlike TRL, a row
             is never truncated: one that does not fit is handled as `on_too_long` says. `None`: no limit.
-        on_too_long (`str`, *optional*, defaults to `"skip"`):
-            What to do with a row longer than `max_length`: `"skip"` leaves it out of the batch with a warning and
-            counts it in `data/skipped/prompt_too_long`; `"raise"` stops with an error naming the row.
-        on_error (`str`, *optional*, defaults to `"skip"`):
-            What to do with a row whose audio cannot be loaded (missing, unreadable, empty): `"skip"` leaves it out
-            with a warning and counts it in `data/skipped/<reason>`; `"raise"` stops with an error naming the file.
-        max_audio_seconds (`float` or `None`, *optional*, defaults to `None`):
-            Audio longer than this is treated as a bad row (see `on_error`). `None` accepts any length.
         bf16 (`bool` or `None`, *optional*, defaults to `None`):
             Whether to train in bf16 mixed precision. `None` turns it on where a GPU supports bf16 (and `fp16` is
             off), and off elsewhere, so that a CPU run needs no flag (TRL: on unless `fp16`, which fails on a CPU).
@@ -65,13 +53,6 @@ class AudioSFTConfig(SFTConfig):
             "TRL, a row is never truncated: one that does not fit is handled as `on_too_long` says. None: no limit."
         },
     )
-    on_too_long: str = field(
-        default="skip",
-        metadata={"help": "A row longer than max_length: 'skip' it, or 'raise'.", "choices": list(ON_ERROR_CHOICES)},
-    )
-    # Bad audio is met the same way as by the online trainer: its fields, declared once.
-    on_error: str = _online_dpo_field("on_error")
-    max_audio_seconds: float | None = _online_dpo_field("max_audio_seconds")
 
     bf16: bool | None = field(
         default=None,
@@ -97,11 +78,6 @@ class AudioSFTConfig(SFTConfig):
                 f"Audio SFT does not support {[name for name, given in unsupported.items() if given]}: each row is "
                 "one padded sequence, and the loss is on its transcript."
             )
-        for name in ("on_too_long", "on_error"):
-            if getattr(self, name) not in ON_ERROR_CHOICES:
-                raise ValueError(f"{name} must be one of {ON_ERROR_CHOICES}, got {getattr(self, name)!r}.")
-        if self.max_audio_seconds is not None and self.max_audio_seconds <= 0:
-            raise ValueError(f"max_audio_seconds must be positive or None, got {self.max_audio_seconds}.")
 
 
 def end_of_turn(processing_class: Any) -> str:
@@ -172,20 +148,20 @@ class AudioSFTCollator:
             return_tensors="pt",
         )
         lengths = (prompts["attention_mask"].sum(1) + completions["attention_mask"].sum(1)).tolist()
-        too_long = [i for i, length in enumerate(lengths) if self.max_length is not None and length > self.max_length]
-        if too_long:
-            for index in too_long:
-                row = {key: values[index] for key, values in batch.items()}
-                message = (
-                    f"{prompt_inputs.row_name(row, index)}: its prompt (audio placeholders included) and transcript "
-                    f"are {lengths[index]} tokens, more than max_length={self.max_length}. Raise max_length or use "
-                    "shorter audio; rows are never truncated."
-                )
-                if self.on_too_long == "raise":
-                    raise ValueError(message)
+        keep, messages = prompt_inputs.rows_that_fit(
+            batch,
+            lengths,
+            self.max_length,
+            self.on_too_long,
+            lambda i: (
+                f"its prompt (audio placeholders included) and transcript are {lengths[i]} tokens, more than "
+                f"max_length={self.max_length}. Raise max_length or use shorter audio; rows are never truncated."
+            ),
+        )
+        if messages:
+            for message in messages:
                 logger.warning("Skipping %s", message)
-                skipped["prompt_too_long"] += 1
-            keep = [i for i in range(len(lengths)) if i not in too_long]
+            skipped["prompt_too_long"] += len(messages)
             return self._process({key: [values[i] for i in keep] for key, values in batch.items()}, skipped)
         attention_mask, input_ids, completion_mask = flush_left(
             torch.cat((prompts["attention_mask"], completions["attention_mask"]), dim=1),

@@ -2,74 +2,44 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
-import json
 import logging
-import os
-import resource
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from peft import PeftModel
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-from transformers import Cache, PreTrainedModel
-from transformers.integrations import TensorBoardCallback
+from transformers import PreTrainedModel
 from transformers.training_args import OptimizerNames
-from trl.data_utils import apply_chat_template, is_conversational
+from trl.data_utils import is_conversational
 from trl.experimental.online_dpo import OnlineDPOTrainer
-from trl.experimental.utils import empty_cache, truncate_right
+from trl.experimental.utils import empty_cache
 from trl.models.utils import unwrap_model_for_generation
-from trl.trainer.utils import selective_log_softmax
 
+from . import generation
 from .config import AudioOnlineDPOConfig
 from .judges import PairwiseJudge
+from .metrics import reduce_over_processes, training_logs, write_completions
 from .preemption import PreemptionCallback
-from .prompt_embeds import AudioEmbeddingReader, PromptBatch
+from .prompt_embeds import PromptBatch, PromptEncoder
 from .prompt_inputs import (
     SKIPPED_KEY,
     AudioPromptCollator,
-    normalize_prompt,
     placeholder_token_ids,
-    process_prompts,
+    prepare_prompts,
     processor_sampling_rate,
-    render_prompts,
-    row_name,
-    to_model_inputs,
+    prompt_text,
 )
-from .skips import SKIP_REASONS, SkipCounter
-from .vllm_client import VLLMServerClient, chat_messages, write_weights
+from .rewards import rewards_per_function
+from .skips import SkipCounter
+from .vllm_client import VLLMSampler
 
 
 logger = logging.getLogger(__name__)
-
-
-def without_audio_parts(prompt: Any) -> Any:
-    """The prompt as text-only messages, for text reward models, which cannot hear the audio."""
-    if not is_conversational({"prompt": prompt}):
-        return prompt
-    messages = []
-    for message in prompt:
-        content = message["content"]
-        if not isinstance(content, str):
-            content = "".join(part["text"] for part in content if part.get("type") == "text" and part.get("text"))
-        messages.append({"role": message["role"], "content": content})
-    return messages
-
-
-def accepts_logits_to_keep(model: nn.Module) -> bool:
-    """Whether the model's forward can compute logits for the last positions only (most causal LMs can; Qwen2-Audio
-    cannot)."""
-    if isinstance(model, PeftModel):
-        model = model.get_base_model()
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 class AudioOnlineDPOTrainer(OnlineDPOTrainer):
@@ -133,8 +103,7 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         finally:
             args.use_vllm = use_vllm
         self.use_vllm = use_vllm
-        self.vllm_client = self._vllm_client() if use_vllm else None
-        self._vllm_synced_step: int | None = None
+        self.vllm_sampler = VLLMSampler(self.model, processing_class, self.accelerator, args) if use_vllm else None
         self.num_generations = args.num_generations
         self.sampling_rate = processor_sampling_rate(processing_class)
         # A sampled audio/image placeholder would make the model look for features that are not there (Phi-4-MM then
@@ -145,7 +114,9 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         if args.generate_with_cache:  # TRL turns the cache off under gradient checkpointing, which generation skips
             self.generation_kwargs["use_cache"] = True
             self.generation_config.use_cache = True
-        self._audio_readers: dict[int, AudioEmbeddingReader | None] = {}
+        self.prompt_encoder = PromptEncoder(
+            self.accelerator, placeholder_token_ids(processing_class), args.reuse_audio_embeddings
+        )
         self._last_completions: list[dict] = []
         self.preemption = PreemptionCallback() if args.save_on_preemption else None
         if self.preemption is not None:
@@ -161,78 +132,21 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             self.stats["objective/nll_chosen"] = []
 
     def _prepare_prompt_inputs(self, inputs: dict[str, list]) -> tuple[dict[str, list], dict[str, torch.Tensor]]:
-        """Renders the prompts with the chat template and runs the processor once over the batch (text and audio).
-        Rows whose prompt plus `max_new_tokens` cannot fit in `max_length` are dropped (or raise), never truncated.
-        Returns the kept rows' columns and the processor's outputs as one dict."""
-        texts = render_prompts(self.processing_class, inputs)
-        prompt_inputs = process_prompts(self.processing_class, texts, inputs.get("audio"))
-        prompt_lengths = prompt_inputs["attention_mask"].sum(dim=1)
-        too_long = (prompt_lengths + self.args.max_new_tokens > self.args.max_length).tolist()
-        if any(too_long):
-            for index in [i for i, flag in enumerate(too_long) if flag]:
-                row = {key: values[index] for key, values in inputs.items()}
-                message = (
-                    f"{row_name(row, index)}: its prompt is {int(prompt_lengths[index])} tokens (audio placeholders "
-                    f"included); with max_new_tokens={self.args.max_new_tokens} it exceeds max_length="
-                    f"{self.args.max_length}. Raise max_length or use shorter audio; prompts are never truncated."
-                )
-                if self.args.on_too_long == "raise":
-                    raise ValueError(message)
-                self.skip_counter.add("prompt_too_long", message)
-            keep = [i for i, flag in enumerate(too_long) if not flag]
-            kept = {key: [values[i] for i in keep] for key, values in inputs.items()}
-            return self._prepare_prompt_inputs(kept) if keep else (kept, {})
-        return inputs, prompt_inputs
+        """The kept rows' columns and the processor's outputs for them (`prompt_inputs.prepare_prompts`: rows whose
+        prompt plus `max_new_tokens` cannot fit in `max_length` are skipped and counted, or raise)."""
+        args = self.args
+        return prepare_prompts(
+            self.processing_class, inputs, args.max_length, args.max_new_tokens, "max_new_tokens",
+            args.on_too_long, self.skip_counter,
+        )  # fmt: skip
 
     def _prompt_batch(self, prompt_inputs: dict[str, torch.Tensor], audios: list | None) -> PromptBatch:
-        """The step's prompts for the policy: the processor's outputs on the model's device, and the audio embeddings
-        read once when they can be reused this step (see `_audio_reader`)."""
-        batch = PromptBatch(
-            to_model_inputs(self.model, prompt_inputs),
-            [i for i, audio in enumerate(audios or []) if audio is not None],
-        )
-        reader = self._audio_reader(self.model, batch)
-        if reader is None:
-            return batch
-        embeddings = reader.read(batch.inputs)
-        # The first read finds the modules on the audio path: only then is it known whether they train.
-        return batch if reader.audio_path_trains() else replace(batch, embeddings=embeddings)
+        """The step's prompts for the policy (`PromptEncoder.policy_batch`: each clip encoded once when it can be)."""
+        return self.prompt_encoder.policy_batch(self.model, prompt_inputs, audios)
 
     def _reference_batch(self, batch: PromptBatch) -> PromptBatch:
-        """The step's prompts for the reference: the policy's audio embeddings where they are the reference's too (the
-        policy with its PEFT adapter disabled, unless the adapter sits on the audio path), or the reference model's
-        own, read once; the processor's features where embeddings cannot be reused."""
-        if self.ref_model is None:
-            reader = self._audio_reader(self.model, batch)
-            if batch.embeddings is None or reader is None or not reader.audio_path_has_adapter():
-                return batch
-            with self.model.disable_adapter():
-                return replace(batch, embeddings=reader.read(batch.inputs))
-        reader = self._audio_reader(self.ref_model, batch)
-        return replace(batch, embeddings=reader.read(batch.inputs) if reader is not None else None)
-
-    @property
-    def _weights_sharded(self) -> bool:
-        """Whether this process holds only a shard of the weights (FSDP, DeepSpeed ZeRO-3)."""
-        deepspeed = self.accelerator.state.deepspeed_plugin
-        return self.is_fsdp_enabled or (deepspeed is not None and deepspeed.zero_stage == 3)
-
-    def _audio_reader(self, model: nn.Module, batch: PromptBatch) -> AudioEmbeddingReader | None:
-        """The reader of `model`'s audio embeddings when they may be read once and reused this step: the batch has
-        audio, `reuse_audio_embeddings` is on, the weights are whole on this process (not FSDP or ZeRO-3 shards),
-        the model exposes its decoder layers, and its audio path does not train (known after a first read)."""
-        if not batch.audio_rows or not self.args.reuse_audio_embeddings or self._weights_sharded:
-            return None
-        model = self.accelerator.unwrap_model(model)
-        if id(model) not in self._audio_readers:
-            reader = AudioEmbeddingReader(model, placeholder_token_ids(self.processing_class)[0])
-            if not reader.supported:
-                logger.warning("%s exposes no decoder layers: every pass encodes the clips.", type(model).__name__)
-            self._audio_readers[id(model)] = reader if reader.supported else None
-        reader = self._audio_readers[id(model)]
-        if reader is None or (reader.audio_modules is not None and reader.audio_path_trains()):
-            return None
-        return reader
+        """The step's prompts for the reference (`PromptEncoder.reference_batch`)."""
+        return self.prompt_encoder.reference_batch(batch, self.model, self.ref_model)
 
     def _generate(self, model, batch: PromptBatch):
         # Same as OnlineDPOTrainer._generate, except that: it takes the step's prompts as a `PromptBatch` (the
@@ -256,117 +170,38 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         ):
             if self.args.cache_implementation is not None:
                 unwrapped_model.generation_config.cache_implementation = self.args.cache_implementation
-            share_prefill = (
-                self.args.share_prompt_prefill
-                and self.generation_config.use_cache
-                and self.args.cache_implementation is None
-                and prompt_ids.size(1) > 1
+            completion_ids, completion_mask = generation.sample(
+                unwrapped_model,
+                batch,
+                rows,
+                self.generation_config,
+                self.eos_token_ids,
+                self._tokenizer.pad_token_id,
+                share_prefill=self.args.share_prompt_prefill and self.args.cache_implementation is None,
             )
-            if share_prefill:  # the samples continue from their prompt's cache: only the last prompt token is new
-                inputs = {"cache": self._prefill(unwrapped_model, batch, rows)}
-            else:
-                inputs = batch.model_inputs(unwrapped_model, rows, prompt_ids, prompt_mask)
-            output = unwrapped_model.generate(
-                **{"input_ids": prompt_ids, "attention_mask": prompt_mask, **inputs},
-                generation_config=self.generation_config,
-            )
-        completion_ids = output[:, prompt_ids.size(1) :]
-        pad_token_id = self._tokenizer.pad_token_id
-        completion_ids, completion_mask = truncate_right(completion_ids, self.eos_token_ids, pad_token_id)
         return prompt_ids, prompt_mask, completion_ids, completion_mask
 
-    def _vllm_client(self) -> VLLMServerClient:
-        """The client of the vLLM server at `vllm_server_base_url` (or host and port), after checking that vLLM can
-        serve the model and that its weights can be pushed."""
-        config = self.accelerator.unwrap_model(self.model).config
-        if config.model_type in VLLM_UNSUPPORTED:
-            raise ValueError(f"use_vllm: {VLLM_UNSUPPORTED[config.model_type]}")
-        if self._weights_sharded:
-            raise ValueError(
-                "use_vllm: pushing FSDP or ZeRO-3 sharded weights to the vLLM server is not supported yet."
-            )
-        base_url = (
-            self.args.vllm_server_base_url or f"http://{self.args.vllm_server_host}:{self.args.vllm_server_port}"
-        )
-        return VLLMServerClient(base_url, timeout=self.args.vllm_server_timeout)
-
     def _generate_vllm(self, batch: PromptBatch, inputs: dict[str, list]):
-        # Same as OnlineDPOTrainer._generate_vllm_server, except that: the prompts go to the server as chat messages
-        # with each row's clip (the server's processor builds its features), over HTTP, `num_generations` samples
-        # each, every process sending its own (TRL gathers them to the main process and speaks NCCL); the server's
-        # prompt token ids must equal the trainer's processor's (else an error names the row); the weights are pushed
-        # through a folder every `vllm_sync_steps` optimizer steps (`_push_weights_to_vllm`); and the output is
-        # `_generate`'s: TRL's block layout, with the trainer's own (left-padded) prompt ids.
-        step = self.state.global_step
-        if self._vllm_synced_step is None or (
-            step != self._vllm_synced_step and step % self.args.vllm_sync_steps == 0
-        ):
-            self._push_weights_to_vllm()
-        audios = inputs.get("audio") or [None] * len(batch)
-        conversations = []
-        for index, (prompt, audio) in enumerate(zip(inputs["prompt"], audios)):
-            if not is_conversational({"prompt": prompt}):
-                row = {key: values[index] for key, values in inputs.items()}
-                raise ValueError(f"{row_name(row, index)}: vLLM generation takes conversational prompts (messages).")
-            conversations.append(chat_messages(normalize_prompt(prompt, audio is not None), audio, self.sampling_rate))
-        answers = self.vllm_client.chat_many(
-            conversations,
-            n=self.num_generations,
-            max_tokens=self.args.max_new_tokens,
+        # Same as OnlineDPOTrainer._generate_vllm_server, except that the samples come from `VLLMSampler` (the
+        # prompts as chat messages with each row's clip, over HTTP, every process sending its own; TRL gathers them to
+        # the main process and speaks NCCL), whose weights are pushed every `vllm_sync_steps` optimizer steps; and
+        # the output is `_generate`'s: TRL's block layout, with the trainer's own (left-padded) prompt ids.
+        self.vllm_sampler.sync(self.model, self.state.global_step)
+        rows = list(range(len(batch))) * self.num_generations
+        completion_ids, completion_mask = self.vllm_sampler.sample(
+            batch,
+            inputs,
+            rows,
+            self.args.max_new_tokens,
+            self.eos_token_ids,
+            self._tokenizer.pad_token_id,
             temperature=self.args.temperature,
             top_p=self.args.top_p,
             top_k=self.args.top_k,
             min_p=self.args.min_p,
             repetition_penalty=self.args.repetition_penalty,
-            # as `suppress_tokens` in HF generate: a sampled placeholder would make the model look for missing audio
-            logit_bias={str(token): -100 for token in placeholder_token_ids(self.processing_class)} or None,
         )
-        for index, answer in enumerate(answers):
-            ours = batch.inputs["input_ids"][index][batch.inputs["attention_mask"][index].bool()].tolist()
-            if answer.prompt_token_ids != ours:
-                row = {key: values[index] for key, values in inputs.items()}
-                raise ValueError(f"{row_name(row, index)}: {prompt_mismatch(answer.prompt_token_ids, ours)}")
-        device = batch.inputs["input_ids"].device
-        samples = [answers[b].completion_token_ids[k] for k in range(self.num_generations) for b in range(len(batch))]
-        pad_token_id = self._tokenizer.pad_token_id
-        completion_ids = torch.full((len(samples), max(map(len, samples))), pad_token_id, device=device)
-        for row, sample in enumerate(samples):
-            completion_ids[row, : len(sample)] = torch.tensor(sample, device=device)
-        completion_ids, completion_mask = truncate_right(completion_ids, self.eos_token_ids, pad_token_id)
-        rows = list(range(len(batch))) * self.num_generations
         return batch.inputs["input_ids"][rows], batch.inputs["attention_mask"][rows], completion_ids, completion_mask
-
-    def _push_weights_to_vllm(self) -> None:
-        """Writes the policy's weights (any LoRA merged into copies) to `vllm_weights_dir` (with the config and
-        processor files, on the first push) and has the server load them: on the main process, the others wait."""
-        if self.accelerator.is_main_process:
-            model = self.accelerator.unwrap_model(self.model)
-            if self._vllm_synced_step is None:
-                self._vllm_weights_dir = self.args.vllm_weights_dir or tempfile.mkdtemp(
-                    prefix="trl_audio_vllm_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
-                )
-                os.makedirs(self._vllm_weights_dir, exist_ok=True)
-                model.config.save_pretrained(self._vllm_weights_dir)
-                self.processing_class.save_pretrained(self._vllm_weights_dir)
-            start = time.perf_counter()
-            with torch.no_grad():
-                write_weights(model, self._vllm_weights_dir)
-            self.vllm_client.reload_weights(self._vllm_weights_dir)
-            logger.info("Pushed the weights to the vLLM server in %.2f s.", time.perf_counter() - start)
-        self.accelerator.wait_for_everyone()
-        self._vllm_synced_step = self.state.global_step
-
-    def _prefill(self, model: nn.Module, batch: PromptBatch, rows: list[int]) -> Cache:
-        """The KV cache of every prompt but its last token, computed once per prompt (audio included) and repeated for
-        the sampled rows `rows`; positions follow the left padding as `generate` numbers them."""
-        unique = list(range(len(batch)))
-        input_ids, attention_mask = batch.inputs["input_ids"][:, :-1], batch.inputs["attention_mask"][:, :-1]
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        inputs = batch.model_inputs(model, unique, input_ids, attention_mask)
-        logits_to_keep = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
-        cache = model(**inputs, position_ids=position_ids, use_cache=True, **logits_to_keep).cache
-        cache.reorder_cache(torch.tensor(rows, device=input_ids.device))
-        return cache
 
     def _forward(self, model, batch: PromptBatch, rows: list[int], completion_ids, completion_mask):
         # Same as OnlineDPOTrainer._forward, except that: the prompts come as a `PromptBatch` and `rows` (row k of
@@ -374,46 +209,25 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         # as the embeddings read once, through one code path for every family; prompts are never truncated (rows that
         # cannot fit were left out before generation); and log-probs come from a selective log-softmax over the
         # completion positions only.
-        prompt_ids, prompt_mask = batch.inputs["input_ids"][rows], batch.inputs["attention_mask"][rows]
-        input_ids = torch.cat((prompt_ids, completion_ids), dim=1)
-        attention_mask = torch.cat((prompt_mask, completion_mask), dim=1)
-        model_inputs = batch.model_inputs(self.accelerator.unwrap_model(model), rows, input_ids, attention_mask)
-        if accepts_logits_to_keep(self.accelerator.unwrap_model(model)):  # spares the prompt's vocabulary-wide logits
-            logits = model(**model_inputs, logits_to_keep=completion_ids.size(1) + 1).logits[:, :-1]
-        else:
-            logits = model(**model_inputs).logits[:, prompt_ids.size(1) - 1 : -1]
-        return selective_log_softmax(logits, completion_ids)
+        return generation.completion_logprobs(
+            model, batch, rows, completion_ids, completion_mask, self.accelerator.unwrap_model(model)
+        )
 
     def _calculate_rewards_from_functions(self, prompts, completions, completion_ids_list, **reward_kwargs):
         # Same as OnlineDPOTrainer._calculate_rewards_from_functions, except that it returns each function's rewards
         # too (for logging), reward models get the prompt without its audio parts (they only read text), and callables
         # get `completion_ids` without padding.
         device = self.accelerator.device
-        rewards_per_func = torch.zeros(len(prompts), len(self.reward_funcs), device=device)
-        reward_kwargs["trainer_state"] = self.state
-        for i, (reward_func, reward_processing_class) in enumerate(
-            zip(self.reward_funcs, self.reward_processing_classes)
-        ):
-            if isinstance(reward_func, nn.Module):
-                if is_conversational({"prompt": prompts[0]}):
-                    texts = [
-                        apply_chat_template({"messages": without_audio_parts(p) + c}, reward_processing_class)["text"]
-                        for p, c in zip(prompts, completions)
-                    ]
-                else:
-                    texts = [p + c for p, c in zip(prompts, completions)]
-                reward_inputs = reward_processing_class(
-                    text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
-                )
-                with torch.inference_mode():
-                    rewards_per_func[:, i] = reward_func(**reward_inputs.to(device)).logits[:, 0]
-            else:
-                output = reward_func(
-                    prompts=prompts, completions=completions, completion_ids=completion_ids_list, **reward_kwargs
-                )
-                rewards_per_func[:, i] = torch.tensor(
-                    [torch.nan if r is None else r for r in output], dtype=torch.float32, device=device
-                )
+        rewards_per_func = rewards_per_function(
+            self.reward_funcs,
+            self.reward_processing_classes,
+            prompts,
+            completions,
+            completion_ids_list,
+            device,
+            trainer_state=self.state,
+            **reward_kwargs,
+        )
         total = (rewards_per_func * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
         return total, rewards_per_func
 
@@ -634,24 +448,14 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
             values["perf/samples_per_second"] = torch.tensor(len(rewards) / seconds)
         step_metrics = [name for name in STEP_METRICS if name in self.stats]  # objective/nll_chosen with rpo_alpha
         names = [*step_metrics, *(f"rewards/{name}" for name in self.reward_names), *SUMMED_METRICS]
-        local = torch.zeros(len(names), 3, device=self.accelerator.device)  # sum, count, sum of squares
-        for row, name in enumerate(names):
-            if name in values:
-                v = values[name].detach().float().flatten().to(local.device)
-                v = v[~v.isnan()]  # a reward function's None
-                local[row] = torch.stack([v.sum(), torch.tensor(float(v.numel()), device=v.device), (v * v).sum()])
-        total, count, squares = self.accelerator.reduce(local, reduction="sum").unbind(1)
-        mean = (total / count).tolist()  # NaN where no process had a value
-        for row, name in enumerate(names):
+        for name, (mean, total, std, count) in reduce_over_processes(self.accelerator, values, names).items():
             if name in SUMMED_METRICS:
-                self.stats[name].append(total[row].item() if count[row] else float("nan"))
+                self.stats[name].append(total if count else float("nan"))
             elif name.removeprefix("rewards/") in self.reward_names:
-                n = count[row]
-                variance = (squares[row] - total[row] ** 2 / n) / (n - 1) if n > 1 else torch.tensor(0.0)
-                self.stats[f"{name}/mean"].append(mean[row])
-                self.stats[f"{name}/std"].append(variance.clamp(min=0).sqrt().item() if n else float("nan"))
+                self.stats[f"{name}/mean"].append(mean)
+                self.stats[f"{name}/std"].append(std)
             else:
-                self.stats[name].append(mean[row])
+                self.stats[name].append(mean)
         self.stats["beta"].append(self.beta)
 
     def _maybe_log_save_evaluate(self, *args, **kwargs):
@@ -664,42 +468,19 @@ class AudioOnlineDPOTrainer(OnlineDPOTrainer):
         # Same as Trainer.log, except that training logs carry the running counts of `skip_counter` by reason and the
         # peak memory of the logging window, and are followed by the completions table when `log_completions` is on.
         if "loss" in logs:
-            logs["data/skipped/total"] = self.skip_counter.total
-            for reason in SKIP_REASONS:
-                logs[f"data/skipped/{reason}"] = self.skip_counter.by_reason[reason]
-            logs["memory/peak_mb"] = window_peak_memory_mb(self.accelerator.device)
+            logs.update(training_logs(self.skip_counter, self.accelerator.device))
         super().log(logs, start_time)
         if "loss" in logs and self.args.log_completions and self._last_completions:
-            self._log_completions(self._last_completions)
+            if self.is_world_process_zero():
+                write_completions(
+                    self._last_completions,
+                    self.state.global_step,
+                    self.args.output_dir,
+                    self.args.report_to,
+                    self.callback_handler.callbacks,
+                    self.reward_names,
+                )
             self._last_completions = []
-
-    def _log_completions(self, table: list[dict]) -> None:
-        """Appends `table` (see `completions_table`) to `<output_dir>/completions.jsonl`, and sends it to wandb (a
-        table, one row per sample) and tensorboard (text) when they are in `report_to`."""
-        if not self.is_world_process_zero():
-            return
-        step = self.state.global_step
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, "completions.jsonl"), "a", encoding="utf-8") as f:
-            for row in table:
-                f.write(json.dumps({"step": step, **row}) + "\n")
-        flat = [
-            {"step": step, "id": row["id"], "prompt": row["prompt"], "reference": row["reference"], **sample}
-            for row in table
-            for sample in row["samples"]
-        ]
-        columns = ["step", "id", "prompt", "reference", "completion", "role", "score", *self.reward_names]
-        cells = [[sample.get(c, sample["rewards"].get(c)) for c in columns] for sample in flat]
-        if "wandb" in self.args.report_to:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.log({"completions": wandb.Table(columns=columns, data=cells)})
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, TensorBoardCallback) and callback.tb_writer is not None:
-                lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-                lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in cells]
-                callback.tb_writer.add_text("completions", "\n".join(lines), step)
 
 
 # The step metrics `_log_step_metrics` averages over every process's samples, in a fixed order (the same on every
@@ -723,49 +504,6 @@ STEP_METRICS = (
     "objective/nll_chosen",
 )
 SUMMED_METRICS = ("audio/seconds", "perf/samples_per_second")
-
-# Model types vLLM cannot serve from our checkpoints, and why.
-VLLM_UNSUPPORTED = {
-    "phi4_multimodal": "vLLM (0.32) serves Phi-4-multimodal only in its original remote-code layout "
-    "(Phi4MMForCausalLM with its own processor); given transformers' native layout it falls back to a text-only "
-    "model, which cannot hear the audio. vLLM serves Qwen2-Audio and GLM-ASR (tested); for Phi-4-MM set "
-    "use_vllm=False (HF generate). See examples/scripts/README_phi4_multimodal_dpo.md, 'vLLM generation'.",
-}
-
-
-def prompt_mismatch(server: list[int], ours: list[int]) -> str:
-    """Says where the vLLM server's prompt token ids part from the trainer's."""
-    first = next((i for i, (a, b) in enumerate(zip(server, ours)) if a != b), min(len(server), len(ours)))
-    return (
-        f"the vLLM server tokenized its prompt into {len(server)} tokens, the trainer's processor into {len(ours)}; "
-        f"they first differ at position {first} (server: {server[first : first + 5]}, trainer: "
-        f"{ours[first : first + 5]}). Serve the same checkpoint (processor, chat template) as the trainer's model."
-    )
-
-
-def window_peak_memory_mb(device: torch.device) -> float:
-    """The peak memory since the previous call (the first call: since the process started), in MiB, and a new window
-    started: on a GPU the most memory torch allocated on `device`; on the CPU the process's peak resident set size
-    (Linux: VmHWM, reset through /proc/self/clear_refs; elsewhere the lifetime peak)."""
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return peak / 2**20
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    except OSError:
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux; the lifetime peak
-    return peak_kb / 1024
-
-
-def prompt_text(prompt: Any) -> str:
-    """The text of a prompt as a reader sees it: the messages' text parts (audio left out), one line each."""
-    if not is_conversational({"prompt": prompt}):
-        return prompt
-    return "\n".join(f"{m['role']}: {m['content']}" for m in without_audio_parts(prompt))
 
 
 def completions_table(

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,11 +23,18 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+import torch.nn as nn
+from accelerate import Accelerator
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 from transformers.core_model_loading import revert_weight_conversion
+from trl.data_utils import is_conversational
+from trl.experimental.utils import truncate_right
+
+from .prompt_embeds import PromptBatch, weights_sharded
+from .prompt_inputs import normalize_prompt, placeholder_token_ids, processor_sampling_rate, row_name
 
 
 logger = logging.getLogger(__name__)
@@ -175,11 +183,16 @@ class VLLMServerClient:
         )
 
     def chat_many(
-        self, conversations: list[list[dict]], n: int, max_tokens: int, **sampling: Any
+        self, conversations: list[list[dict]], n: int | list[int], max_tokens: int, **sampling: Any
     ) -> list[ChatSamples]:
-        """`chat` for each conversation, sent concurrently; answers in the conversations' order."""
+        """`chat` for each conversation, sent concurrently, with `n` samples each (or `n[i]` for conversation i);
+        answers in the conversations' order."""
+        counts = n if isinstance(n, list) else [n] * len(conversations)
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_workers, len(conversations)))) as pool:
-            futures = [pool.submit(self.chat, messages, n, max_tokens, **sampling) for messages in conversations]
+            futures = [
+                pool.submit(self.chat, messages, count, max_tokens, **sampling)
+                for messages, count in zip(conversations, counts)
+            ]
             return [future.result() for future in futures]
 
     def reload_weights(self, weights_path: str) -> None:
@@ -290,3 +303,126 @@ class LocalVLLMServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# Model types vLLM cannot serve from our checkpoints, and why.
+VLLM_UNSUPPORTED = {
+    "phi4_multimodal": "vLLM (0.32) serves Phi-4-multimodal only in its original remote-code layout "
+    "(Phi4MMForCausalLM with its own processor); given transformers' native layout it falls back to a text-only "
+    "model, which cannot hear the audio. vLLM serves Qwen2-Audio and GLM-ASR (tested); for Phi-4-MM set "
+    "use_vllm=False (HF generate). See examples/scripts/README_phi4_multimodal_dpo.md, 'vLLM generation'.",
+}
+
+
+def prompt_mismatch(server: list[int], ours: list[int]) -> str:
+    """Says where the vLLM server's prompt token ids part from the trainer's."""
+    first = next((i for i, (a, b) in enumerate(zip(server, ours)) if a != b), min(len(server), len(ours)))
+    return (
+        f"the vLLM server tokenized its prompt into {len(server)} tokens, the trainer's processor into {len(ours)}; "
+        f"they first differ at position {first} (server: {server[first : first + 5]}, trainer: "
+        f"{ours[first : first + 5]}). Serve the same checkpoint (processor, chat template) as the trainer's model."
+    )
+
+
+class VLLMSampler:
+    """A trainer's sampler on a vLLM server (`use_vllm=True`, `vllm_mode="server"`): the prompts go to the server as
+    chat messages with each row's clip (the server's processor builds its features), every process sending its own,
+    and the policy's weights (any LoRA merged into copies) are pushed to the server through a folder before the first
+    sampling and then every `vllm_sync_steps` optimizer steps (`sync`). Checks at creation that vLLM can serve the
+    model and that its weights can be pushed.
+
+    `args` is the trainer's config: `vllm_server_base_url` (or `vllm_server_host` and `vllm_server_port`),
+    `vllm_server_timeout`, `vllm_sync_steps`, `vllm_weights_dir`.
+    """
+
+    def __init__(self, model: nn.Module, processing_class: Any, accelerator: Accelerator, args: Any):
+        config = accelerator.unwrap_model(model).config
+        if config.model_type in VLLM_UNSUPPORTED:
+            raise ValueError(f"use_vllm: {VLLM_UNSUPPORTED[config.model_type]}")
+        if weights_sharded(accelerator):
+            raise ValueError(
+                "use_vllm: pushing FSDP or ZeRO-3 sharded weights to the vLLM server is not supported yet."
+            )
+        base_url = args.vllm_server_base_url or f"http://{args.vllm_server_host}:{args.vllm_server_port}"
+        self.client = VLLMServerClient(base_url, timeout=args.vllm_server_timeout)
+        self.processing_class = processing_class
+        self.sampling_rate = processor_sampling_rate(processing_class)
+        self.accelerator = accelerator
+        self.sync_steps = args.vllm_sync_steps
+        self.weights_dir = args.vllm_weights_dir
+        self.synced_step: int | None = None
+
+    def sync(self, model: nn.Module, step: int) -> None:
+        """Pushes the weights if none were pushed yet or `step` (the optimizer step) starts a new sync period."""
+        if self.synced_step is None or (step != self.synced_step and step % self.sync_steps == 0):
+            self.push_weights(model, step)
+
+    def push_weights(self, model: nn.Module, step: int) -> None:
+        """Writes the policy's weights (any LoRA merged into copies) to the weights folder (with the config and
+        processor files, on the first push) and has the server load them: on the main process, the others wait."""
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(model)
+            if self.synced_step is None:
+                self.weights_dir = self.weights_dir or tempfile.mkdtemp(
+                    prefix="trl_audio_vllm_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+                )
+                os.makedirs(self.weights_dir, exist_ok=True)
+                model.config.save_pretrained(self.weights_dir)
+                self.processing_class.save_pretrained(self.weights_dir)
+            start = time.perf_counter()
+            with torch.no_grad():
+                write_weights(model, self.weights_dir)
+            self.client.reload_weights(self.weights_dir)
+            logger.info("Pushed the weights to the vLLM server in %.2f s.", time.perf_counter() - start)
+        self.accelerator.wait_for_everyone()
+        self.synced_step = step
+
+    def sample(
+        self,
+        batch: PromptBatch,
+        inputs: dict[str, list],
+        rows: list[int],
+        max_tokens: int,
+        eos_token_ids: list[int],
+        pad_token_id: int,
+        **sampling: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One completion per entry of `rows` (sample k continues prompt `rows[k]` of `batch`, whose columns are
+        `inputs`: any order, repeats allowed), as `generation.sample` returns them: `(completion_ids,
+        completion_mask)`, right-padded after each sample's first end token. Each prompt is sent once, for as many
+        samples as `rows` asks of it. The server's prompt token ids must equal the trainer's processor's (else an
+        error names the row). `sampling`: temperature, top_p, top_k, min_p, repetition_penalty."""
+        conversations = []
+        audios = inputs.get("audio") or [None] * len(batch)
+        for index, (prompt, audio) in enumerate(zip(inputs["prompt"], audios)):
+            if not is_conversational({"prompt": prompt}):
+                row = {key: values[index] for key, values in inputs.items()}
+                raise ValueError(f"{row_name(row, index)}: vLLM generation takes conversational prompts (messages).")
+            conversations.append(chat_messages(normalize_prompt(prompt, audio is not None), audio, self.sampling_rate))
+        counts = [rows.count(index) for index in range(len(batch))]
+        asked = [index for index, count in enumerate(counts) if count]
+        answers = dict(
+            zip(
+                asked,
+                self.client.chat_many(
+                    [conversations[index] for index in asked],
+                    n=[counts[index] for index in asked],
+                    max_tokens=max_tokens,
+                    # as `suppress_tokens` in HF generate: a sampled placeholder would make the model look for audio
+                    logit_bias={str(t): -100 for t in placeholder_token_ids(self.processing_class)} or None,
+                    **sampling,
+                ),
+            )
+        )
+        for index, answer in answers.items():
+            ours = batch.inputs["input_ids"][index][batch.inputs["attention_mask"][index].bool()].tolist()
+            if answer.prompt_token_ids != ours:
+                row = {key: values[index] for key, values in inputs.items()}
+                raise ValueError(f"{row_name(row, index)}: {prompt_mismatch(answer.prompt_token_ids, ours)}")
+        remaining = {index: iter(answer.completion_token_ids) for index, answer in answers.items()}
+        samples = [next(remaining[index]) for index in rows]
+        device = batch.inputs["input_ids"].device
+        completion_ids = torch.full((len(samples), max(map(len, samples))), pad_token_id, device=device)
+        for row, ids in enumerate(samples):
+            completion_ids[row, : len(ids)] = torch.tensor(ids, device=device)
+        return truncate_right(completion_ids, eos_token_ids, pad_token_id)

@@ -90,7 +90,7 @@ def test_after_three_steps_with_weight_pushes_greedy_samples_equal_the_trained_p
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(loss == loss for loss in losses)
     assert any(not torch.equal(p, before[name]) for name, p in trainer.model.named_parameters())
-    trainer._push_weights_to_vllm()  # the pushes before steps 1-3 left the weights of step 2 on the server
+    trainer.vllm_sampler.push_weights(trainer.model, trainer.state.global_step)  # the pushes before steps 1-3 left the weights of step 2 on the server
     served, hf = greedy(trainer, rows())
     assert served == hf
 
@@ -113,7 +113,7 @@ def test_logprobs_of_the_servers_samples_equal_an_independent_forward(server_nam
     trainer = make_trainer(tmp_path, server, num_generations=2)
     model, processor = trainer.model.eval(), trainer.processing_class
     kept, batch = prompts(trainer, rows())
-    trainer._push_weights_to_vllm()
+    trainer.vllm_sampler.push_weights(trainer.model, trainer.state.global_step)
     _, _, completion_ids, completion_mask = trainer._generate_vllm(batch, kept)
     with torch.no_grad():
         logprobs = trainer._forward(model, batch, [i % 2 for i in range(4)], completion_ids, completion_mask)
@@ -144,7 +144,7 @@ class StopServerAfterFirstStep(TrainerCallback):
 def test_a_server_that_dies_mid_run_gives_a_clear_error(glm_asr_server, tmp_path):
     """Last in this file: it stops the GLM-ASR server."""
     trainer = make_trainer(tmp_path, glm_asr_server, vllm_server_timeout=10.0)
-    trainer.vllm_client.retry_delay = 0.2
+    trainer.vllm_sampler.client.retry_delay = 0.2
     trainer.add_callback(StopServerAfterFirstStep(glm_asr_server))
     with pytest.raises(VLLMServerError, match="did not answer.*is the server running"):
         trainer.train()
