@@ -24,9 +24,9 @@ import torch
 from datasets import Dataset
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
+from trl_audio.generation import accepts_logits_to_keep
 from trl_audio.prompt_inputs import SKIPPED_KEY, select_rows, to_model_inputs
 from trl_audio.testing import build_tiny_phi4mm, load_tiny
-from trl_audio.generation import accepts_logits_to_keep
 
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples/data/speech_sample"

@@ -90,7 +90,8 @@ def test_after_three_steps_with_weight_pushes_greedy_samples_equal_the_trained_p
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(loss == loss for loss in losses)
     assert any(not torch.equal(p, before[name]) for name, p in trainer.model.named_parameters())
-    trainer.vllm_sampler.push_weights(trainer.model, trainer.state.global_step)  # the pushes before steps 1-3 left the weights of step 2 on the server
+    # the pushes before steps 1-3 left the weights of step 2 on the server
+    trainer.vllm_sampler.push_weights(trainer.model, trainer.state.global_step)
     served, hf = greedy(trainer, rows())
     assert served == hf
 
