@@ -67,6 +67,7 @@ def run_one(args: argparse.Namespace) -> dict:
         TrainingClock,
         continued_sft_trainer,
         corpus_splits,
+        grpo_trainer,
         online_dpo_trainer,
         whisper_baseline,
     )
@@ -101,6 +102,9 @@ def run_one(args: argparse.Namespace) -> dict:
             model, processor, train, output_dir, skip_counter, lora_r=args.lora_r, **overrides
         )
         log_keys = ("loss", "objective/kl", "pairs/tied_fraction", *REWARD_LOG_KEYS)
+    elif kind == "grpo":
+        trainer = grpo_trainer(model, processor, train, output_dir, skip_counter, **overrides)
+        log_keys = ("loss", "reward", "reward_std", *REWARD_LOG_KEYS)
     else:
         trainer = continued_sft_trainer(model, processor, train, output_dir, skip_counter, **overrides)
         log_keys = ("loss",)
@@ -154,13 +158,14 @@ def _scored(evaluation: dict, began: float) -> dict:
 
 
 def _keys(kind: str) -> set[str]:
-    """The config fields a run of this trainer (`sft` / `dpo`) records."""
+    """The config fields a run of this trainer (`sft` / `dpo` / `grpo`) records."""
     common = {"learning_rate", "lr_scheduler_type", "per_device_train_batch_size", "seed"}
-    return common | (
-        {"num_generations", "temperature", "beta", "loss_type", "max_new_tokens", "rpo_alpha"}
-        if kind == "dpo"
-        else set()
-    )
+    sampling = {"num_generations", "temperature", "beta", "loss_type"}
+    return common | {
+        "sft": set(),
+        "dpo": sampling | {"max_new_tokens", "rpo_alpha"},
+        "grpo": sampling | {"max_completion_length"},
+    }[kind]
 
 
 def summarize(results: list[dict]) -> dict:

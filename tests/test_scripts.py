@@ -29,9 +29,11 @@ sys.path.insert(0, str(REPO_DIR / "examples/scripts"))  # the scripts are files,
 
 import demo_phi4_multimodal_dpo as demo  # noqa: E402
 import dpo_online_phi4_multimodal as cli  # noqa: E402
+import grpo_audio  # noqa: E402
 
 
 YAML_RECIPES = sorted(CONFIGS_DIR.glob("*.yaml")) + sorted(CONFIGS_DIR.glob("*.yml"))
+RECIPE_SCRIPTS = {"phi4mm_online_dpo.yaml": cli, "phi4mm_grpo.yaml": grpo_audio}  # which script runs each recipe
 JSON_CONFIGS = sorted(CONFIGS_DIR.glob("*.json"))
 
 
@@ -48,7 +50,10 @@ def test_every_shipped_config_is_covered():
 @pytest.mark.parametrize("path", YAML_RECIPES, ids=lambda p: p.name)
 def test_yaml_recipe_parses_into_the_three_dataclasses(path):
     # An unknown key would raise here (TrlParser). bf16 is turned off so that a GPU recipe also parses on CPU.
-    script_args, training_args, model_args = parse(["--config", str(path), "--bf16", "false"])
+    script = RECIPE_SCRIPTS[path.name]
+    script_args, training_args, model_args = script.make_parser().parse_args_and_config(
+        ["--config", str(path), "--bf16", "false"]
+    )
     assert model_args.model_name_or_path
     assert training_args.reward_weights is None or len(training_args.reward_weights) == len(script_args.reward_funcs)
     for config in [script_args.dataset_config, *(script_args.eval_dataset_config or [])]:
@@ -239,7 +244,7 @@ def test_an_unreachable_dataset_fails_before_any_model_loads(tmp_path, monkeypat
         raise AssertionError("a model was loaded before the dataset was checked")
 
     monkeypatch.setattr("trl_audio.manifests.datasets.load_dataset", offline)
-    monkeypatch.setattr(cli, "init_model", no_model)
+    monkeypatch.setattr("trl_audio.cli.init_model", no_model)
     argv = ["--model_name_or_path", "microsoft/Phi-4-multimodal-instruct", "--dataset_name", "openasr"]
     with pytest.raises(RuntimeError, match=r"Could not load hf-audio/esb.*point `data_dir` at"):
         cli.main(*parse([*argv, "--output_dir", str(tmp_path)]))
@@ -327,7 +332,7 @@ def test_the_original_reward_model_command_trains(tiny_phi4mm_dir, tiny_reward_m
     ],
 )
 def test_judge_flags_are_checked_before_any_model_loads(flags, match, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "init_model", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    monkeypatch.setattr("trl_audio.cli.init_model", lambda *args, **kwargs: pytest.fail("a model was loaded"))
     with pytest.raises((ValueError, SystemExit)) as info:
         cli.main(*parse(["--model_name_or_path", "m", "--output_dir", "o", *flags]))
     assert match in str(info.value) + capsys.readouterr().err
@@ -356,3 +361,32 @@ def test_main_trains_a_lora_on_the_quantized_model_on_the_cpu(
 def test_quantizing_without_an_adapter_to_train_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="add --use_peft"):
         cli.main(*parse(tiny_run_args("unused", tmp_path, "--load_in_4bit")))
+
+
+# ---------------------------------------------------------------- GRPO (examples/scripts/grpo_audio.py)
+
+
+def test_grpo_recipe_values():
+    script_args, training_args, model_args = grpo_audio.make_parser().parse_args_and_config(
+        ["--config", str(CONFIGS_DIR / "phi4mm_grpo.yaml"), "--bf16", "false"]
+    )
+    assert model_args.model_name_or_path == "microsoft/Phi-4-multimodal-instruct" and model_args.use_peft
+    assert script_args.reward_funcs == ["cer", "bias_wer"] and training_args.reward_weights == [1.0, 5.0]
+    assert training_args.num_generations == 8 and training_args.temperature == 1.2 and training_args.beta == 0.0
+    assert training_args.generation_batch_size % training_args.num_generations == 0
+
+
+def test_grpo_main_trains_on_bundled_speech_evaluates_and_saves(tiny_qwen2_audio_dir, eval_config, tmp_path):
+    argv = [
+        "--model_name_or_path", str(tiny_qwen2_audio_dir), "--output_dir", str(tmp_path), "--speech_lora", "off",
+        "--eval_dataset_config", str(eval_config), "--use_peft", "--max_train_samples", "4",
+        "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_completion_length", "8",
+        "--max_steps", "2", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+        "--reward_funcs", "wer", "bias_word_recall", "word_count", "--learning_rate", "1e-2",
+    ]  # fmt: skip
+    results = grpo_audio.main(*grpo_audio.make_parser().parse_args_and_config(argv))
+    steps = [logs for logs in results["log_history"] if "loss" in logs]
+    assert len(steps) == 2 and all(step["data/skipped/total"] == 0 for step in steps)
+    assert "rewards/wer_reward/mean" in steps[0] and steps[0]["grad_norm"] > 0
+    assert results["eval_before"]["metrics"]["wer"] >= 0 and results["eval_after"]["step"] == 2
+    assert (tmp_path / "adapter_model.safetensors").is_file()

@@ -174,41 +174,6 @@ def test_audio_reaches_the_model(tiny_dir, tmp_path):
     assert (clip_a - clip_b).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("reuse", [True, False], ids=["embeddings_reused", "features_every_pass"])
-def test_completion_logprobs_match_an_independent_computation(tiny_dir, tmp_path, reuse):
-    model, processor = load_tiny(tiny_dir)
-    model.eval()
-    # Phi-4-MM's audio encoder lets padding frames leak into a clip's embedding, so its rows share one clip (the
-    # prompts still differ in length, which exercises left padding); the others pad every clip to a 30 s window.
-    if model.config.model_type == "phi4_multimodal":
-        rows = [audio_row(0), audio_row(0, "Write down every word spoken in this recording, please.")]
-    else:
-        rows = [audio_row(0), audio_row(3, "Write down every word spoken in this recording, please.")]
-    freeze_encoders(model, AUDIO_PATH)  # so the audio embeddings may be reused
-    trainer = make_trainer(tmp_path, model, processor, rows, num_generations=2, reuse_audio_embeddings=reuse)
-    batch = collate(trainer, rows)
-    prompts = prompt_batch(trainer, rows)
-    assert (prompts.embeddings is not None) == reuse
-    torch.manual_seed(0)
-    _, _, completion_ids, completion_mask = trainer._generate(model, prompts)
-    with torch.no_grad():
-        sample_rows = [i % len(rows) for i in range(len(completion_ids))]
-        logprobs = trainer._forward(model, prompts, sample_rows, completion_ids, completion_mask)
-
-    for row_index in range(len(completion_ids)):
-        row = rows[row_index % len(rows)]
-        text = processor.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        single = processor(text=[text], audio=[batch["audio"][row_index % len(rows)]], return_tensors="pt")
-        length = int(completion_mask[row_index].sum())
-        completion = completion_ids[row_index, :length]
-        input_ids = torch.cat([single.pop("input_ids")[0], completion])[None]
-        single.pop("attention_mask")
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, **single).logits[0, -length - 1 : -1]
-        expected = logits.log_softmax(-1).gather(-1, completion[:, None])[:, 0]
-        torch.testing.assert_close(logprobs[row_index, :length], expected, atol=1e-5, rtol=0)
-
-
 def test_text_only_prompts_give_stock_trl_losses(tiny_phi4mm_dir, tmp_path):
     """On text-only prompts, with the same seed, our trainer is a drop-in for TRL's OnlineDPOTrainer."""
 
@@ -700,28 +665,6 @@ def test_each_clip_is_encoded_once_per_step(request, tmp_path, family):
     trainer.train()
     assert sum(clip_rows) == 3
     assert logged(trainer, "pairs/tied_fraction") == [0.0]  # the step trained on its pairs
-
-
-@pytest.mark.parametrize("use_cache, share_prefill", [(True, True), (True, False), (False, False)])
-def test_generation_under_gradient_checkpointing_prefills_once(tiny_phi4mm_dir, tmp_path, use_cache, share_prefill):
-    model, processor = load_tiny(tiny_phi4mm_dir)
-    trainer = make_trainer(
-        tmp_path, model, processor, audio_rows(2), gradient_checkpointing=True, num_generations=3,
-        generate_with_cache=use_cache, share_prompt_prefill=share_prefill,
-    )  # fmt: skip
-    batch = prompt_batch(trainer, audio_rows(2))
-    shapes = []  # (rows, positions) of each pass through the first decoder layer
-    model.get_decoder().layers[0].register_forward_pre_hook(lambda module, args: shapes.append(args[0].shape[:2]))
-    trainer.model.train()
-    _, _, completion_ids, _ = trainer._generate(trainer.model, batch)
-    length, new_tokens = batch.inputs["input_ids"].size(1), completion_ids.size(1)
-    assert trainer.model.is_gradient_checkpointing and trainer.model.training  # given back as it was
-    if share_prefill:  # each prompt once (all but its last token), then one token per pass for the 6 samples
-        assert shapes == [(2, length - 1)] + [(6, 1)] * new_tokens
-    elif use_cache:  # each of the 6 samples' prompt, then one token per pass
-        assert shapes == [(6, length)] + [(6, 1)] * (new_tokens - 1)
-    else:  # what TRL does under gradient checkpointing: the whole sequence again for every new token
-        assert shapes == [(6, length + t) for t in range(new_tokens)]
 
 
 def test_completions_are_logged_with_their_scores_and_roles(tiny_phi4mm_dir, tmp_path):

@@ -222,18 +222,19 @@ class TranscriptionEvalCallback(TrainerCallback):
     `eval/<set>/b_wer` and `eval/<set>/u_wer`; each evaluation's per-utterance table (`utterance_table`: reference,
     hypothesis, WER, bias words hit and missed) is written to `<output_dir>/eval/<set>/step-<step>.jsonl`, and
     `history[<set>]` keeps every evaluation's result. The trainer's own evaluation (a loss over `eval_dataset`) is
-    replaced: these rows have no preference pairs to compute one from. With several processes every process
+    replaced: these rows have no preference pairs or rewards to compute one from. With several processes every process
     transcribes (the model is sharded or replicated) and the main one logs and writes. A run stopped before its last
     step (pre-empted, see `trl_audio.preemption`) is not evaluated at its end: the resumed run will be.
 
     Args:
-        trainer: the `AudioOnlineDPOTrainer` whose model is evaluated (its processor transcribes).
+        trainer: the `AudioOnlineDPOTrainer` or `AudioGRPOTrainer` whose model is evaluated (its processor
+            transcribes).
         eval_sets: `{name: rows}`, rows as `create_audio_dataset` makes them (`id`, `prompt`, `audio`, `text` and
             the bias column).
         bias_column: the column whose words count as bias words: `"keywords"` (the manifest's rare words) or
             `"bias_words"` (the list the prompt shows).
         batch_size, max_new_tokens: of the greedy transcription; default to the trainer's
-            `per_device_eval_batch_size` and `max_new_tokens`.
+            `per_device_eval_batch_size` and `max_new_tokens` (GRPO: `max_completion_length`).
         normalization: of the scoring (`evaluate_transcripts`): `"whisper"` or `"simple"`.
     """
 
@@ -251,7 +252,9 @@ class TranscriptionEvalCallback(TrainerCallback):
         self.eval_sets = {name: list(rows) for name, rows in eval_sets.items()}
         self.bias_column = bias_column
         self.batch_size = batch_size or trainer.args.per_device_eval_batch_size
-        self.max_new_tokens = max_new_tokens or trainer.args.max_new_tokens
+        # online DPO's sampling budget is `max_new_tokens`, GRPO's `max_completion_length`
+        budget = "max_completion_length" if hasattr(trainer.args, "max_completion_length") else "max_new_tokens"
+        self.max_new_tokens = max_new_tokens or getattr(trainer.args, budget)
         self.history: dict[str, list[dict]] = {name: [] for name in self.eval_sets}
         self._evaluated_at: int | None = None
 

@@ -192,12 +192,18 @@ class AudioGRPOTrainer(GRPOTrainer):
         if self.beta != 0.0:
             if self.ref_model is not None:
                 reference = self.prompt_encoder.reference_batch(batch, self.model, self.ref_model)
-            elif self.prompt_encoder.reference_batch(batch, self.model, None) is not batch:
-                # an adapter on the audio path: the reference's embeddings differ from the policy's, and the
-                # reference pass (the policy with its adapter disabled) cannot tell which to read, so both encode
+            elif (
+                batch.embeddings is not None and self.prompt_encoder.reader(self.model, batch).audio_path_has_adapter()
+            ):
+                # an adapter on the audio path: the reference's embeddings (adapter disabled) differ from the
+                # policy's, and TRL's reference pass is the policy's own call, so both encode the clips every pass
                 batch = replace(batch, embeddings=None)
         prompt_of = {keys[unique[position]]: row for row, position in enumerate(kept["_unique"])}
         return Rollout(batch, reference, kept, [prompt_of.get(key, -1) for key in keys])
+
+    def _audio_adapter(self, batch: PromptBatch) -> bool:
+        """Whether a PEFT adapter sits on the policy's audio path (its embeddings then differ from the reference's)."""
+        return self.prompt_encoder.reader(self.model, batch).audio_path_has_adapter()
 
     def _generate_and_score_completions(self, inputs: list[dict]) -> dict[str, torch.Tensor | Any]:
         # Same as GRPOTrainer._generate_and_score_completions, except that:
