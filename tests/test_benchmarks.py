@@ -44,6 +44,25 @@ def test_bench_online_dpo_quick_writes_every_scenario(tmp_path):
     assert "B/A text gc on" in results["summary"]
 
 
+def test_bench_grpo_quick_writes_every_scenario_and_encodes_each_clip_once_after(tmp_path):
+    output = tmp_path / "results.json"
+    command = [sys.executable, str(REPO / "benchmarks/bench_grpo.py"), "--quick", "--output", str(output)]
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    results = json.loads(output.read_text())
+    scenarios = results["scenarios"]
+    expected = {f"G {kind} text N=4 gc {gc}" for kind in ("trl", "ours") for gc in ("on", "off")}
+    expected |= {f"H ours audio whisper 6 s N=8 gc off {when}" for when in ("after", "before")}
+    assert set(scenarios) == expected
+    batch = results["batch_size"]
+    # after: each clip once per generation batch; before: once per sample for generation and for the policy pass
+    # (beta 0: no reference pass)
+    assert scenarios["H ours audio whisper 6 s N=8 gc off after"]["encoder_rows"] == batch
+    assert scenarios["H ours audio whisper 6 s N=8 gc off before"]["encoder_rows"] == 2 * 8 * batch
+    assert set(results["summary"]) == {
+        "G step time ours/trl, text, gc on", "G step time ours/trl, text, gc off", "H step time before/after, audio"
+    }  # fmt: skip
+
+
 def test_bench_online_dpo_whisper_quick_encodes_each_clip_once_after(tmp_path):
     output = tmp_path / "results.json"
     command = [sys.executable, str(REPO / "benchmarks/bench_online_dpo.py"), "--whisper", "--quick", "--output"]
