@@ -161,11 +161,12 @@ def _keys(kind: str) -> set[str]:
     """The config fields a run of this trainer (`sft` / `dpo` / `grpo`) records."""
     common = {"learning_rate", "lr_scheduler_type", "per_device_train_batch_size", "seed"}
     sampling = {"num_generations", "temperature", "beta", "loss_type"}
-    return common | {
+    by_kind = {
         "sft": set(),
         "dpo": sampling | {"max_new_tokens", "rpo_alpha"},
         "grpo": sampling | {"max_completion_length"},
-    }[kind]
+    }
+    return common | by_kind[kind]
 
 
 def summarize(results: list[dict]) -> dict:
