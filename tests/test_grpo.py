@@ -254,3 +254,46 @@ def test_a_row_dependent_reward_is_fitted_on_a_handful_of_clips(small_corpus_dir
     assert after <= before - 0.05, (before, after)
     rewards = logged(trainer, "rewards/wer_reward/mean")
     assert statistics.mean(rewards[-5:]) > statistics.mean(rewards[:5])
+
+
+# TRL's own tests/test_grpo_trainer.py options that run offline on a tiny model, with audio prompts instead of text:
+# each trains (every trainable parameter of the text decoder changes). Not ported: vLLM (a server; see
+# tests/vllm_server), Liger kernels (not installed), tools, environments, rollout functions and continuous batching
+# (refused: the audio goes through trl_audio's own generation), vision-language models (images), and
+# `mask_truncated_completions` (the tiny model rarely ends a sample, so every sample would be masked).
+TRL_OPTIONS = {
+    "loss_type=grpo": {"loss_type": "grpo"},
+    "loss_type=dr_grpo": {"loss_type": "dr_grpo"},
+    "loss_type=bnpo": {"loss_type": "bnpo"},
+    "loss_type=cispo": {"loss_type": "cispo"},
+    "loss_type=sapo": {"loss_type": "sapo"},
+    "num_iterations=2": {"num_iterations": 2},
+    "beta=0.1": {"beta": 0.1},
+    "sync_ref_model": {"beta": 0.1, "sync_ref_model": True, "ref_model_sync_steps": 1, "ref_model_mixup_alpha": 0.5},
+    "pad_to_multiple_of=8": {"pad_to_multiple_of": 8},
+    "scale_rewards=batch": {"scale_rewards": "batch"},
+    "scale_rewards=none": {"scale_rewards": "none"},
+    "normalize_then_sum": {"multi_objective_aggregation": "normalize_then_sum", "reward_weights": [1.0, 2.0]},
+    "top_entropy_quantile=0.5": {"top_entropy_quantile": 0.5},
+    "importance_sampling_level=sequence": {"importance_sampling_level": "sequence", "steps_per_generation": 2},
+    "gradient_accumulation=2": {"gradient_accumulation_steps": 2, "steps_per_generation": 2},
+}
+
+
+@pytest.mark.parametrize("options", TRL_OPTIONS.values(), ids=TRL_OPTIONS.keys())
+def test_trl_grpo_options_train_with_audio(tiny_qwen2_audio_dir, tmp_path, options):
+    model, processor = load_tiny(tiny_qwen2_audio_dir)
+    freeze_audio_path(model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def none_for_the_first_row(completions, id, **kwargs):  # TRL's "reward function with None output" case
+        return [None if row_id == id[0] else float(len(c[0]["content"])) for c, row_id in zip(completions, id)]
+
+    trainer = grpo_trainer(
+        tmp_path, model, processor, varied_rows(4), reward_funcs=[token_sum_reward, none_for_the_first_row],
+        max_steps=2, **options,
+    )  # fmt: skip
+    trainer.train()
+    assert all(loss == loss for loss in logged(trainer, "loss"))
+    unchanged = [n for n, p in trainer.model.named_parameters() if n in before and torch.equal(p, before[n])]
+    assert not unchanged

@@ -129,6 +129,16 @@ class AudioGRPOTrainer(GRPOTrainer):
             raise ValueError("`args` must be an AudioGRPOConfig.")
         if isinstance(model, str):
             raise ValueError("Pass a loaded model and its processor (`trl_audio.audio_utils.init_model`).")
+        # What TRL's GRPO offers beyond one sampled answer per prompt does not carry the audio (yet): refused here,
+        # not dropped silently.
+        given = [name for name in ("tools", "rollout_func", "environment_factory") if kwargs.get(name) is not None]
+        if args.use_transformers_continuous_batching:
+            given.append("use_transformers_continuous_batching=True")
+        if given:
+            raise ValueError(
+                f"AudioGRPOTrainer does not support {given}: the audio prompts go through trl_audio's own generation "
+                "(trl_audio.generation) and vLLM sampler, one answer per sample, without tool calls."
+            )
         # TRL suppresses `config.image_token_id` in generation for any processor, and audio LLMs have none: it reads
         # our audio placeholder instead (set back below). TRL's vLLM setup imports vllm and speaks NCCL to the server;
         # ours samples over HTTP (`VLLMSampler`), so TRL sets up HF generation.
