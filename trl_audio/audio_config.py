@@ -1,10 +1,13 @@
 """The configuration fields every audio trainer shares, as dataclass mixins placed before TRL's config class:
-`AudioDataConfig` (bad audio and too-long rows: SFT, online DPO, GRPO) and `AudioRolloutConfig` (sampling with audio:
-encode-once, shared prefill, vLLM server, pre-emption: online DPO, GRPO)."""
+`AudioDataConfig` (bad audio and too-long rows: SFT, online DPO, GRPO), `AudioRolloutConfig` (sampling with audio:
+encode-once, shared prefill, vLLM server, pre-emption: online DPO, GRPO) and `AutoBf16Config` (bf16 where the GPU has
+it: SFT, GRPO)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from transformers.utils import is_torch_bf16_gpu_available
 
 from .skips import ON_ERROR_CHOICES
 
@@ -161,3 +164,29 @@ class AudioRolloutConfig(AudioDataConfig):
             )
         if self.vllm_sync_steps < 1:
             raise ValueError(f"vllm_sync_steps must be at least 1, got {self.vllm_sync_steps}.")
+
+
+@dataclass
+class AutoBf16Config:
+    r"""
+    bf16 where the machine has it, so that a CPU run needs no flag. Mixed into `AudioSFTConfig` and `AudioGRPOConfig`
+    (before TRL's config class).
+
+    Parameters:
+        bf16 (`bool` or `None`, *optional*, defaults to `None`):
+            Whether to train in bf16 mixed precision. `None` turns it on where a GPU supports bf16 (and `fp16` is
+            off), and off elsewhere (TRL: on unless `fp16`, which fails on a CPU).
+    """
+
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether to train in bf16 mixed precision. None turns it on where a GPU supports bf16 (and fp16 "
+            "is off), and off elsewhere (TRL: on unless fp16, which fails on a CPU)."
+        },
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and is_torch_bf16_gpu_available()
+        super().__post_init__()

@@ -232,6 +232,33 @@ def peft_config(model_args: ModelConfig, model_type: str) -> LoraConfig | None:
     return config
 
 
+def trainer_arguments(
+    script_args: AudioScriptArguments,
+    training_args: Any,
+    model_args: ModelConfig,
+    model: Any,
+    processor: Any,
+    datasets: tuple[Any, dict[str, Any], SkipCounter],
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments every audio trainer gets from a command line: the model and its processor, the reward
+    functions (`--reward_funcs`, `--normalization`), the training config, the datasets of `load_datasets` (the
+    evaluation sets stand as TRL's `eval_dataset`, so that `--eval_strategy` is accepted; `add_evaluation`'s callback
+    replaces the trainer's own evaluation), the LoRA (`peft_config`), `callbacks` and the skip counter."""
+    train_dataset, eval_sets, skip_counter = datasets
+    return {
+        "model": model,
+        "reward_funcs": get_reward_funcs(script_args.reward_funcs, script_args.normalization),
+        "args": training_args,
+        "train_dataset": train_dataset,
+        "processing_class": processor,
+        "peft_config": peft_config(model_args, model.config.model_type),
+        "eval_dataset": eval_sets if eval_sets and training_args.eval_strategy != "no" else None,
+        "callbacks": callbacks,
+        "skip_counter": skip_counter,
+    }
+
+
 def add_evaluation(
     trainer: Trainer, eval_sets: dict[str, Any], script_args: AudioScriptArguments
 ) -> TranscriptionEvalCallback | None:

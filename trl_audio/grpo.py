@@ -15,7 +15,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models.utils import unwrap_model_for_generation
 
 from . import generation
-from .audio_config import AudioRolloutConfig
+from .audio_config import AudioRolloutConfig, AutoBf16Config
 from .metrics import training_logs
 from .preemption import PreemptionCallback
 from .prompt_embeds import PromptBatch, PromptEncoder
@@ -32,20 +32,17 @@ from .vllm_client import VLLMSampler
 
 
 @dataclass
-class AudioGRPOConfig(AudioRolloutConfig, GRPOConfig):
+class AudioGRPOConfig(AutoBf16Config, AudioRolloutConfig, GRPOConfig):
     r"""
-    Configuration class for [`AudioGRPOTrainer`]: every field of TRL's `GRPOConfig` and of `AudioRolloutConfig` (the
-    audio fields: `on_too_long`, `on_error`, `max_audio_seconds`, `save_on_preemption`, `vllm_mode`,
-    `vllm_sync_steps`, `vllm_weights_dir`, `generate_with_cache`, `reuse_audio_embeddings`, `share_prompt_prefill`),
-    plus the ones below.
+    Configuration class for [`AudioGRPOTrainer`]: every field of TRL's `GRPOConfig`, of `AutoBf16Config` (`bf16`: on
+    where a GPU supports it) and of `AudioRolloutConfig` (the audio fields: `on_too_long`, `on_error`,
+    `max_audio_seconds`, `save_on_preemption`, `vllm_mode`, `vllm_sync_steps`, `vllm_weights_dir`,
+    `generate_with_cache`, `reuse_audio_embeddings`, `share_prompt_prefill`), plus the ones below.
 
     Parameters:
         max_length (`int` or `None`, *optional*, defaults to `1024`):
             Maximum number of tokens of prompt (audio placeholder tokens included) plus `max_completion_length`. A
             prompt is never truncated: a row that would not fit is handled as `on_too_long` says. `None`: no limit.
-        bf16 (`bool` or `None`, *optional*, defaults to `None`):
-            Whether to train in bf16 mixed precision. `None` turns it on where a GPU supports bf16 (and `fp16` is
-            off), and off elsewhere, so that a CPU run needs no flag (TRL: on unless `fp16`).
     """
 
     max_length: int | None = field(
@@ -56,20 +53,6 @@ class AudioGRPOConfig(AudioRolloutConfig, GRPOConfig):
             "says. None: no limit."
         },
     )
-    bf16: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Whether to train in bf16 mixed precision. None turns it on where a GPU supports bf16 (and fp16 "
-            "is off), and off elsewhere (TRL: on unless fp16)."
-        },
-    )
-
-    def __post_init__(self):
-        if self.bf16 is None:
-            from transformers.utils import is_torch_bf16_gpu_available
-
-            self.bf16 = not self.fp16 and is_torch_bf16_gpu_available()
-        super().__post_init__()
 
 
 @dataclass

@@ -49,6 +49,17 @@ REWARD_LOG_KEYS = tuple(f"rewards/{name}_reward/mean" for name in REWARDS)
 # pair pushes the words where the samples differ apart.
 # `grpo` weighs each of a clip's 8 samples by its reward against the clip's other samples (`grpo_trainer`).
 ARMS = {"sft": ("sft", {}), "dpo": ("dpo", {}), "dpo_rpo": ("dpo", {"rpo_alpha": 1.0}), "grpo": ("grpo", {})}
+# What every arm's run shares: a constant learning rate, no step limit (a `TrainingClock` stops the run), no
+# checkpoints, no loggers.
+RUN_SETTINGS = {
+    "lr_scheduler_type": "constant",
+    "warmup_steps": 0,
+    "max_steps": 100_000,
+    "save_strategy": "no",
+    "report_to": "none",
+    "disable_tqdm": True,
+    "seed": 0,
+}
 # Greedy transcription of held-out clips (`evaluation.evaluate_rows`): the corpus' sentences are at most 30 tokens.
 EVAL_KWARGS = {"batch_size": 16, "max_new_tokens": 40}
 
@@ -219,7 +230,7 @@ def online_dpo_config(output_dir: str | os.PathLike, **overrides: Any) -> AudioO
     plus bias-word recall, sigmoid loss with beta 0.1, a constant learning rate of 5e-5 (the best of the settings
     tried, benchmarks/RESULTS.md; 1e-4 at temperature 1 already raised held-out WER), the run stopped by a
     `TrainingClock`. `overrides` replace any of these."""
-    settings = {
+    settings = RUN_SETTINGS | {
         "per_device_train_batch_size": 4,
         "num_generations": 8,
         "temperature": 0.7,
@@ -227,16 +238,9 @@ def online_dpo_config(output_dir: str | os.PathLike, **overrides: Any) -> AudioO
         "beta": 0.1,
         "loss_type": "sigmoid",
         "learning_rate": 5e-5,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "max_steps": 100_000,
         "gradient_checkpointing": False,
         "logging_steps": 5,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
         "bf16": False,
-        "seed": 0,
     }
     return AudioOnlineDPOConfig(output_dir=str(output_dir), **(settings | overrides))
 
@@ -244,18 +248,11 @@ def online_dpo_config(output_dir: str | os.PathLike, **overrides: Any) -> AudioO
 def continued_sft_config(output_dir: str | os.PathLike, **overrides: Any) -> AudioSFTConfig:
     """The benchmark's continued-SFT arm: the warm start's audio SFT at a constant learning rate, batch 8, stopped by
     a `TrainingClock`. `overrides` replace any of these."""
-    settings = {
+    settings = RUN_SETTINGS | {
         "per_device_train_batch_size": 8,
         "learning_rate": 1e-4,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "max_steps": 100_000,
         "activation_checkpointing": False,
         "logging_steps": 10,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
-        "seed": 0,
     }
     return AudioSFTConfig(output_dir=str(output_dir), **(settings | overrides))
 
@@ -311,7 +308,7 @@ def grpo_config(output_dir: str | os.PathLike, **overrides: Any) -> AudioGRPOCon
     as the research fork and RLBR train), a constant learning rate of 1e-4, chosen on 4 training clips of the corpus
     (30 steps from the warm start: 1e-4 lowered their greedy WER from 0.18 to 0.06, 5e-4 raised it to 0.50; see
     benchmarks/RESULTS.md), the run stopped by a `TrainingClock`. `overrides` replace any of these."""
-    settings = {
+    settings = RUN_SETTINGS | {
         "per_device_train_batch_size": 32,  # samples: 4 clips x 8
         "num_generations": 8,
         "temperature": 0.7,
@@ -319,16 +316,9 @@ def grpo_config(output_dir: str | os.PathLike, **overrides: Any) -> AudioGRPOCon
         "beta": 0.0,
         "loss_type": "dapo",
         "learning_rate": 1e-4,
-        "lr_scheduler_type": "constant",
-        "warmup_steps": 0,
-        "max_steps": 100_000,
         "gradient_checkpointing": False,
         "logging_steps": 5,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
         "bf16": False,
-        "seed": 0,
     }
     return AudioGRPOConfig(output_dir=str(output_dir), **(settings | overrides))
 

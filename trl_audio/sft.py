@@ -11,12 +11,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 from transformers import PreTrainedModel, ProcessorMixin
-from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import flush_left
 
 from . import prompt_inputs
-from .audio_config import AudioDataConfig
+from .audio_config import AudioDataConfig, AutoBf16Config
 from .prompt_inputs import SKIPPED_KEY
 from .skips import SKIP_REASONS, SkipCounter
 
@@ -25,14 +24,14 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class AudioSFTConfig(AudioDataConfig, SFTConfig):
+class AudioSFTConfig(AutoBf16Config, AudioDataConfig, SFTConfig):
     r"""
-    Configuration class for [`AudioSFTTrainer`]: every field of TRL's `SFTConfig` and of `AudioDataConfig`
-    (`on_too_long`, `on_error`, `max_audio_seconds`: a row longer than `max_length` is one whose prompt and transcript
-    do not fit), plus the ones below. The loss is on
-    each row's transcript only (TRL's `completion_only_loss`); `packing`, `padding_free` and `assistant_only_loss` are
-    not supported, and `dataset_kwargs` always holds `skip_prepare_dataset=True` (the collator decodes and processes
-    each batch, as TRL does for images).
+    Configuration class for [`AudioSFTTrainer`]: every field of TRL's `SFTConfig`, of `AutoBf16Config` (`bf16`: on
+    where a GPU supports it) and of `AudioDataConfig` (`on_too_long`, `on_error`, `max_audio_seconds`: a row longer
+    than `max_length` is one whose prompt and transcript do not fit), plus the ones below. The loss is on each row's
+    transcript only (TRL's `completion_only_loss`); `packing`, `padding_free` and `assistant_only_loss` are not
+    supported, and `dataset_kwargs` always holds `skip_prepare_dataset=True` (the collator decodes and processes each
+    batch, as TRL does for images).
 
     Parameters:
         dataset_text_field (`str`, *optional*, defaults to `"text"`):
@@ -41,9 +40,6 @@ class AudioSFTConfig(AudioDataConfig, SFTConfig):
         max_length (`int` or `None`, *optional*, defaults to `1024`):
             Maximum number of tokens of prompt (audio placeholder tokens included) plus transcript. Unlike TRL, a row
             is never truncated: one that does not fit is handled as `on_too_long` says. `None`: no limit.
-        bf16 (`bool` or `None`, *optional*, defaults to `None`):
-            Whether to train in bf16 mixed precision. `None` turns it on where a GPU supports bf16 (and `fp16` is
-            off), and off elsewhere, so that a CPU run needs no flag (TRL: on unless `fp16`, which fails on a CPU).
     """
 
     max_length: int | None = field(
@@ -54,17 +50,7 @@ class AudioSFTConfig(AudioDataConfig, SFTConfig):
         },
     )
 
-    bf16: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Whether to train in bf16 mixed precision. None turns it on where a GPU supports bf16 (and fp16 "
-            "is off), and off elsewhere (TRL: on unless fp16, which fails on a CPU)."
-        },
-    )
-
     def __post_init__(self):
-        if self.bf16 is None:
-            self.bf16 = not self.fp16 and is_torch_bf16_gpu_available()
         super().__post_init__()
         self.dataset_kwargs = {**(self.dataset_kwargs or {}), "skip_prepare_dataset": True}
         unsupported = {

@@ -54,15 +54,14 @@ from trl_audio.cli import (
     load_datasets,
     load_model,
     model_load_kwargs,
-    peft_config,
     train_and_save,
+    trainer_arguments,
 )
 from trl_audio.cli import (
     make_parser as cli_parser,
 )
 from trl_audio.judges import JUDGES, get_judge
 from trl_audio.modeling import init_model
-from trl_audio.rewards import get_reward_funcs
 
 
 logger = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
         script_args.judge, script_args.judge_model = "reward_model", training_args.reward_model_path
     if script_args.judge in ("reward_model", "openai") and script_args.judge_model is None:
         raise ValueError(f"--judge {script_args.judge} needs --judge_model: a model's path, or the endpoint's model.")
-    train_dataset, eval_sets, skip_counter = load_datasets(script_args)  # before any model loads
+    datasets = load_datasets(script_args)  # before any model loads
     model, processor = load_model(script_args, model_args, training_args)
     ref_model = None
     if script_args.speech_lora == "train":
@@ -146,21 +145,11 @@ def main(script_args: ScriptArguments, training_args: AudioOnlineDPOConfig, mode
             options |= {key: value for key, value in endpoint.items() if value is not None}
         judge = get_judge(script_args.judge, **options)
     trainer = AudioOnlineDPOTrainer(
-        model=model,
         ref_model=ref_model,
-        reward_funcs=get_reward_funcs(script_args.reward_funcs, script_args.normalization),
         judge=judge,
-        args=training_args,
-        train_dataset=train_dataset,
-        processing_class=processor,
-        peft_config=peft_config(model_args, model.config.model_type),
-        # the evaluation sets stand as TRL's eval_dataset, so that --eval_strategy is accepted; the callback below
-        # replaces the trainer's own evaluation (a loss, which these rows have no pairs for)
-        eval_dataset=eval_sets if eval_sets and training_args.eval_strategy != "no" else None,
-        callbacks=callbacks,
-        skip_counter=skip_counter,
+        **trainer_arguments(script_args, training_args, model_args, model, processor, datasets, callbacks),
     )
-    return train_and_save(trainer, add_evaluation(trainer, eval_sets, script_args))
+    return train_and_save(trainer, add_evaluation(trainer, datasets[1], script_args))
 
 
 def make_parser() -> TrlParser:

@@ -44,11 +44,10 @@ from trl_audio.cli import (
     configure_logging,
     load_datasets,
     load_model,
-    peft_config,
     train_and_save,
+    trainer_arguments,
 )
 from trl_audio.cli import make_parser as cli_parser
-from trl_audio.rewards import get_reward_funcs
 
 
 logger = logging.getLogger(__name__)
@@ -72,22 +71,12 @@ def main(script_args: ScriptArguments, training_args: AudioGRPOConfig, model_arg
             "speech_lora='train' with beta > 0 would take the model without its speech adapter as the reference: use "
             "speech_lora='merge' with --use_peft, or beta 0 (GRPO's default)."
         )
-    train_dataset, eval_sets, skip_counter = load_datasets(script_args)  # before any model loads
+    datasets = load_datasets(script_args)  # before any model loads
     model, processor = load_model(script_args, model_args, training_args)
     trainer = AudioGRPOTrainer(
-        model=model,
-        reward_funcs=get_reward_funcs(script_args.reward_funcs, script_args.normalization),
-        args=training_args,
-        train_dataset=train_dataset,
-        processing_class=processor,
-        peft_config=peft_config(model_args, model.config.model_type),
-        # the evaluation sets stand as TRL's eval_dataset, so that --eval_strategy is accepted; the evaluation callback
-        # replaces the trainer's own evaluation
-        eval_dataset=eval_sets if eval_sets and training_args.eval_strategy != "no" else None,
-        callbacks=callbacks,
-        skip_counter=skip_counter,
+        **trainer_arguments(script_args, training_args, model_args, model, processor, datasets, callbacks)
     )
-    return train_and_save(trainer, add_evaluation(trainer, eval_sets, script_args))
+    return train_and_save(trainer, add_evaluation(trainer, datasets[1], script_args))
 
 
 def make_parser() -> TrlParser:
