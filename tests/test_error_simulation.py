@@ -148,3 +148,60 @@ def test_config_rejects_bad_values(kwargs, match):
 def test_single_number_error_range():
     assert ErrorSimulationConfig(error_range=0.2).error_range == (0.2, 0.2)
     assert ErrorSimulationConfig(error_range=[0.1, 0.3]).error_range == (0.1, 0.3)
+
+
+# ---------------------------------------------------------------- targeted: a listed rare word swapped
+
+
+SURNAMES = ["Okafor", "Okonkwo", "Lovelace", "Babbage", "Nakamura", "Nakagawa", "Fitzgerald", "Fitzpatrick"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(VOCABULARY), min_size=3, max_size=12),
+    st.lists(st.sampled_from(SURNAMES), min_size=1, max_size=3, unique=True),
+    st.lists(st.sampled_from(SURNAMES), min_size=1, max_size=4, unique=True),
+    st.integers(0, 10**6),
+)
+def test_bias_substitution_differs_exactly_at_a_listed_rare_word(words, keywords, listed, seed):
+    """Over many transcripts, keyword sets, lists and seeds: with `bias_substitute_prob=1`, where the row allows a
+    swap, `rejected` differs from `chosen` in exactly one word position, where `chosen` holds one of the row's keywords
+    and `rejected` a word of its list absent from `chosen`; where it does not, the ordinary errors are injected."""
+    rng = random.Random(seed)
+    chosen_words = words[:]
+    for keyword in keywords:  # the keywords occur in the transcript, one with a comma after it
+        chosen_words.insert(rng.randrange(len(chosen_words) + 1), keyword)
+    chosen_words[-1] += "."
+    chosen = " ".join(chosen_words)
+    simulator = ErrorSimulator(ErrorSimulationConfig(bias_substitute_prob=1.0))
+    rejected = simulator(chosen, random.Random(seed), keywords, listed)
+    substitutes = [w for w in listed if w.lower() not in word_set(chosen)]
+    if not substitutes:  # nothing to swap in: ordinary errors, at the configured rate
+        assert rejected != chosen
+        return
+    a, b = chosen.split(), rejected.split()
+    assert len(a) == len(b)
+    differing = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+    assert len(differing) == 1
+    before, after = a[differing[0]].rstrip("."), b[differing[0]].rstrip(".")
+    assert before in keywords and after in substitutes
+
+
+def test_bias_substitution_picks_the_closest_spelling_and_keeps_punctuation():
+    simulator = ErrorSimulator(ErrorSimulationConfig(bias_substitute_prob=1.0))
+    rejected = simulator(
+        "The camera was designed by Emma Okafor.", random.Random(0), ["Okafor"], ["Lovelace", "Okonkwo"]
+    )
+    assert rejected == "The camera was designed by Emma Okonkwo."
+
+
+def test_without_bias_substitution_the_simulation_and_its_draws_are_unchanged():
+    """`bias_substitute_prob=0` draws nothing more: the same rejected sides as `simulate_rejected` with the same
+    vocabulary, row after row."""
+    config = ErrorSimulationConfig(error_range=(0.1, 0.3))
+    simulator = ErrorSimulator(config)
+    vocabulary = []
+    for index, text in enumerate(make_rows(50)):
+        expected = simulate_rejected(text, random.Random(index), config, vocabulary[-2000:])
+        assert simulator(text, random.Random(index), ["w1"], ["w2", "w3"]) == expected
+        vocabulary += text.split()

@@ -273,7 +273,8 @@ class _RowBuilder:
             "bias_words": bias_words,
         }
         if simulator is not None:
-            rejected = simulator(text, random.Random(f"{self.cfg.seed}-{index}-preference"))
+            rng = random.Random(f"{self.cfg.seed}-{index}-preference")
+            rejected = simulator(text, rng, record.keywords, bias_words)
             row["chosen"] = [{"role": "assistant", "content": text}]
             row["rejected"] = [{"role": "assistant", "content": rejected}]
         return row
@@ -356,9 +357,11 @@ def create_audio_dataset(
             without keywords get the plain prompt, and a source without any keywords (openasr, or manifests lacking
             the column) is an error.
         simu_preference (`dict`, *optional*):
-            Simulated preference pairs: `error_range`, `substitute_prob`, `delete_prob`, `insert_prob` (see
-            `trl_audio.error_simulation.ErrorSimulationConfig`); `chosen` is the reference, `rejected` a corrupted
-            copy. `simu_perference` (the reference fork's spelling) is accepted too.
+            Simulated preference pairs: `error_range`, `substitute_prob`, `delete_prob`, `insert_prob` and
+            `bias_substitute_prob` (see `trl_audio.error_simulation.ErrorSimulationConfig`); `chosen` is the
+            reference, `rejected` a corrupted copy: word errors at `error_range`, or, with probability
+            `bias_substitute_prob`, one of the row's keywords swapped for the most similar word of its biasing list
+            (the targeted error of a biased model). `simu_perference` (the reference fork's spelling) is accepted too.
 
     Returns:
         `datasets.Dataset`, or `datasets.IterableDataset` when `streaming`.

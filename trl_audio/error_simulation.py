@@ -1,7 +1,9 @@
-"""Simulated preference pairs: a `rejected` transcript made by injecting word errors into the reference."""
+"""Simulated preference pairs: a `rejected` transcript made by injecting word errors into the reference, or by
+swapping one of its listed rare words for a sound-alike from the row's biasing list (`bias_substitute_prob`)."""
 
 from __future__ import annotations
 
+import difflib
 import math
 import random
 from collections.abc import Sequence
@@ -9,7 +11,7 @@ from dataclasses import dataclass
 
 import jiwer
 
-from .text import DISTRACTOR_POOL_SIZE, PiecePool, strip_punct, word_set
+from .text import DISTRACTOR_POOL_SIZE, PiecePool, normalize_word, strip_punct, word_set
 
 
 OPERATIONS = ("substitute", "delete", "insert")
@@ -39,12 +41,19 @@ class ErrorSimulationConfig:
             Relative weight of deletions.
         insert_prob (`float`, *optional*, defaults to `0.05`):
             Relative weight of insertions (a word added after a transcript word).
+        bias_substitute_prob (`float`, *optional*, defaults to `0.0`):
+            Probability that a row's `rejected` is instead its reference with one rare word swapped for a sound-alike
+            from the row's biasing list (the listed word most similar in spelling to it, `"Okonkwo"` for `"Okafor"`):
+            the error a biased model makes. It needs a row whose transcript holds one of its `keywords` and whose
+            list holds another word absent from the transcript; other rows get the errors above. `0` (the default)
+            leaves the simulation, and its random draws, as they were.
     """
 
     error_range: tuple[float, float] = (0.1, 0.25)
     substitute_prob: float = 0.1
     delete_prob: float = 0.1
     insert_prob: float = 0.05
+    bias_substitute_prob: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.error_range, (int, float)):
@@ -54,6 +63,10 @@ class ErrorSimulationConfig:
                 f"simu_preference.error_range must be [low, high] with 0 <= low <= high <= 1, got {self.error_range}."
             )
         self.error_range = (float(self.error_range[0]), float(self.error_range[1]))
+        if not 0.0 <= self.bias_substitute_prob <= 1.0:
+            raise ValueError(
+                f"simu_preference.bias_substitute_prob must lie in [0, 1], got {self.bias_substitute_prob}."
+            )
         if min(self.weights) < 0 or sum(self.weights) <= 0:
             raise ValueError(
                 "simu_preference.substitute_prob, delete_prob and insert_prob must be >= 0 with at least one > 0, got "
@@ -142,6 +155,27 @@ def simulate_rejected(
     return inject_errors(text, k, rng, (s, d, 0.0) if d > 0 else (s, d, i), vocabulary)
 
 
+def swap_rare_word(
+    text: str, keywords: Sequence[str], bias_words: Sequence[str], rng: random.Random
+) -> tuple[str, str, str] | None:
+    """`text` with one occurrence of one of its one-word `keywords` replaced by the word of `bias_words` most similar
+    to it in spelling (difflib's ratio, lower case) among those absent from `text`, punctuation around it kept:
+    `(rejected, keyword, substitute)`. None when no keyword occurs in `text` or the list offers no substitute."""
+    words = text.split()
+    present = word_set(text)
+    candidates = [w for w in bias_words if " " not in w.strip() and normalize_word(w) not in present]
+    positions = [i for i, w in enumerate(words) if normalize_word(w) in {normalize_word(k) for k in keywords}]
+    if not positions or not candidates:
+        return None
+    position = rng.choice(positions)
+    keyword = strip_punct(words[position])
+    substitute = max(
+        candidates, key=lambda w: difflib.SequenceMatcher(None, keyword.lower(), w.lower()).ratio()
+    ).strip()
+    words[position] = words[position].replace(keyword, substitute, 1)
+    return " ".join(words), keyword, substitute
+
+
 class ErrorSimulator:
     """Per-dataset simulation state: the config and a vocabulary of the previous rows' words, used as substitutes."""
 
@@ -149,7 +183,20 @@ class ErrorSimulator:
         self.config = config
         self.vocabulary = PiecePool(capacity=DISTRACTOR_POOL_SIZE)
 
-    def __call__(self, text: str, rng: random.Random) -> str:
-        rejected = simulate_rejected(text, rng, self.config, self.vocabulary)
+    def __call__(
+        self,
+        text: str,
+        rng: random.Random,
+        keywords: Sequence[str] | None = None,
+        bias_words: Sequence[str] | None = None,
+    ) -> str:
+        """The `rejected` side of `text`: one rare word swapped (`swap_rare_word`) with probability
+        `bias_substitute_prob` where the row allows it, else errors injected at `error_range`."""
+        rejected = None
+        if self.config.bias_substitute_prob > 0 and rng.random() < self.config.bias_substitute_prob:
+            swapped = swap_rare_word(text, keywords or [], bias_words or [], rng)
+            rejected = swapped[0] if swapped is not None else None
+        if rejected is None:
+            rejected = simulate_rejected(text, rng, self.config, self.vocabulary)
         self.vocabulary.add(w for w in map(strip_punct, text.split()) if w)
         return rejected
