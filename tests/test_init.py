@@ -8,7 +8,8 @@ import trl_audio
 
 def test_top_level_exports_the_trainers_and_their_configs():
     assert set(trl_audio.__all__) == {
-        "AudioOnlineDPOConfig", "AudioOnlineDPOTrainer", "AudioSFTConfig", "AudioSFTTrainer", "__version__"
+        "AudioOnlineDPOConfig", "AudioOnlineDPOTrainer", "AudioGRPOConfig", "AudioGRPOTrainer", "AudioDPOConfig",
+        "AudioDPOTrainer", "AudioSFTConfig", "AudioSFTTrainer", "__version__",
     }  # fmt: skip
     assert all(getattr(trl_audio, name) is not None for name in trl_audio.__all__)
 

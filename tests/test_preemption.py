@@ -11,12 +11,13 @@ import time
 import pytest
 import torch
 from datasets import Dataset
-from helpers import ROOT, SAMPLE, audio_rows, make_config, token_sum_reward
+from helpers import ROOT, SAMPLE, audio_row, audio_rows, make_config, token_sum_reward
 from peft import LoraConfig
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from trl_audio import AudioOnlineDPOTrainer
+from trl_audio import AudioGRPOConfig, AudioGRPOTrainer, AudioOnlineDPOTrainer
+from trl_audio.audio_utils import AudioLoadError
 from trl_audio.modeling import decoder_lora_targets
 from trl_audio.preemption import latest_complete_checkpoint
 from trl_audio.testing import load_tiny
@@ -106,3 +107,21 @@ def test_a_sigterm_to_the_cli_saves_exits_0_and_resumes(tiny_phi4mm_dir, tmp_pat
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert (tmp_path / "adapter_model.safetensors").is_file() and load_file(tmp_path / "adapter_model.safetensors")
+
+
+def test_a_run_that_stops_on_an_error_gives_the_signal_handlers_back(tiny_qwen2_audio_dir, tmp_path):
+    """`on_error="raise"` stops training inside `train()`: the pre-emption handlers go with it (they would otherwise
+    outlive the run, and catch the next SIGTERM of the process)."""
+    model, processor = load_tiny(tiny_qwen2_audio_dir)
+    rows = [{**audio_row(0), "audio": str(tmp_path / "missing.wav")}]
+    config = AudioGRPOConfig(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=2, num_generations=2, max_completion_length=4,
+        max_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, on_error="raise",
+    )  # fmt: skip
+    trainer = AudioGRPOTrainer(
+        model=model, reward_funcs=token_sum_reward, args=config, train_dataset=Dataset.from_list(rows),
+        processing_class=processor,
+    )  # fmt: skip
+    with pytest.raises(AudioLoadError):
+        trainer.train()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -1,4 +1,5 @@
-"""trl-audio: online DPO and GRPO for speech LLMs (audio + text prompts in, text out), built on Hugging Face TRL."""
+"""trl-audio: online DPO, GRPO and offline DPO for speech LLMs (audio + text prompts in, text out), on Hugging Face
+TRL."""
 
 import logging
 import os
@@ -15,12 +16,15 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 __version__ = "0.1.0"
 
 from .config import AudioOnlineDPOConfig  # noqa: E402
+from .dpo import AudioDPOConfig, AudioDPOTrainer  # noqa: E402
 from .grpo import AudioGRPOConfig, AudioGRPOTrainer  # noqa: E402
 from .sft import AudioSFTConfig, AudioSFTTrainer  # noqa: E402
 from .trainer import AudioOnlineDPOTrainer  # noqa: E402
 
 
 __all__ = [
+    "AudioDPOConfig",
+    "AudioDPOTrainer",
     "AudioGRPOConfig",
     "AudioGRPOTrainer",
     "AudioOnlineDPOConfig",

@@ -64,9 +64,34 @@ class AudioDataConfig:
 
 
 @dataclass
-class AudioRolloutConfig(AudioDataConfig):
+class AudioEmbeddingsConfig:
     r"""
-    How an audio trainer samples completions: every field of `AudioDataConfig`, plus the ones below. Mixed into
+    Whether an audio trainer encodes each clip once per step. Mixed into `AudioRolloutConfig` and `AudioDPOConfig`.
+
+    Parameters:
+        reuse_audio_embeddings (`bool`, *optional*, defaults to `True`):
+            Encode each clip once per step (per generation batch in GRPO) and reuse its embeddings for the samples'
+            generation (or both sides of a pair, offline) and the policy and reference passes, while the modules that
+            produce them (audio encoder, projector) are frozen (checked each step; when they train, every pass encodes
+            the clips as before). The
+            reference reuses the policy's embeddings unless a PEFT adapter sits on the audio path, and a separate
+            `ref_model` encodes them once itself. Clips are encoded in eval mode, so deterministically.
+    """
+
+    reuse_audio_embeddings: bool = field(
+        default=True,
+        metadata={
+            "help": "Encode each clip once per step and reuse its embeddings for generation and the policy and "
+            "reference passes, while the audio encoder and projector are frozen (checked each step)."
+        },
+    )
+
+
+@dataclass
+class AudioRolloutConfig(AudioEmbeddingsConfig, AudioDataConfig):
+    r"""
+    How an audio trainer samples completions: every field of `AudioDataConfig` and `AudioEmbeddingsConfig`
+    (`reuse_audio_embeddings`), plus the ones below. Mixed into
     `AudioOnlineDPOConfig` and `AudioGRPOConfig` (before TRL's config class).
 
     Parameters:
@@ -93,12 +118,6 @@ class AudioRolloutConfig(AudioDataConfig):
             Generate with the KV cache even when `gradient_checkpointing` is on (checkpointing only serves the
             training forward; TRL then generates without the cache, re-running the whole prompt, audio encoder
             included, for every new token).
-        reuse_audio_embeddings (`bool`, *optional*, defaults to `True`):
-            Encode each clip once per step (per generation batch in GRPO) and reuse its embeddings for the samples'
-            generation and the policy and reference passes, while the modules that produce them (audio encoder,
-            projector) are frozen (checked each step; when they train, every pass encodes the clips as before). The
-            reference reuses the policy's embeddings unless a PEFT adapter sits on the audio path, and a separate
-            `ref_model` encodes them once itself. Clips are encoded in eval mode, so deterministically.
         share_prompt_prefill (`bool`, *optional*, defaults to `True`):
             Run each prompt through the model once before generation and let its samples continue from that KV cache,
             instead of prefilling one copy of the prompt per sample (with the cache only).
@@ -134,13 +153,6 @@ class AudioRolloutConfig(AudioDataConfig):
         metadata={
             "help": "Generate with the KV cache even when gradient_checkpointing is on (TRL then generates without "
             "it, re-running the whole prompt, audio encoder included, for every new token)."
-        },
-    )
-    reuse_audio_embeddings: bool = field(
-        default=True,
-        metadata={
-            "help": "Encode each clip once per step and reuse its embeddings for generation and the policy and "
-            "reference passes, while the audio encoder and projector are frozen (checked each step)."
         },
     )
     share_prompt_prefill: bool = field(

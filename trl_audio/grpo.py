@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from trl.models.utils import unwrap_model_for_generation
 from . import generation
 from .audio_config import AudioRolloutConfig, AutoBf16Config
 from .metrics import training_logs
-from .preemption import PreemptionCallback
+from .preemption import GivesHandlersBackOnError, PreemptionCallback
 from .prompt_embeds import PromptBatch, PromptEncoder
 from .prompt_inputs import (
     SKIPPED_KEY,
@@ -78,7 +78,7 @@ def _prompt_key(row: dict) -> str:
     return json.dumps([row["prompt"], audio], sort_keys=True, default=str)
 
 
-class AudioGRPOTrainer(GRPOTrainer):
+class AudioGRPOTrainer(GivesHandlersBackOnError, GRPOTrainer):
     """GRPO for models that take audio + text prompts (Phi-4-multimodal, Qwen2-Audio, GLM-ASR, ...).
 
     Takes the same arguments as TRL's `GRPOTrainer` (`model` loaded, with its processor as `processing_class`:
@@ -182,21 +182,12 @@ class AudioGRPOTrainer(GRPOTrainer):
             return Rollout(None, None, kept, [-1] * len(inputs))
         batch = self.prompt_encoder.policy_batch(self.model, prompt_inputs, kept.get("audio"))
         reference = None
-        if self.beta != 0.0:
-            if self.ref_model is not None:
-                reference = self.prompt_encoder.reference_batch(batch, self.model, self.ref_model)
-            elif (
-                batch.embeddings is not None and self.prompt_encoder.reader(self.model, batch).audio_path_has_adapter()
-            ):
-                # an adapter on the audio path: the reference's embeddings (adapter disabled) differ from the
-                # policy's, and TRL's reference pass is the policy's own call, so both encode the clips every pass
-                batch = replace(batch, embeddings=None)
+        if self.beta != 0.0 and self.ref_model is not None:
+            reference = self.prompt_encoder.reference_batch(batch, self.model, self.ref_model)
+        elif self.beta != 0.0:  # the reference is the policy's own call, with its adapter off
+            batch = self.prompt_encoder.shared_with_adapter_off(batch, self.model)
         prompt_of = {keys[unique[position]]: row for row, position in enumerate(kept["_unique"])}
         return Rollout(batch, reference, kept, [prompt_of.get(key, -1) for key in keys])
-
-    def _audio_adapter(self, batch: PromptBatch) -> bool:
-        """Whether a PEFT adapter sits on the policy's audio path (its embeddings then differ from the reference's)."""
-        return self.prompt_encoder.reader(self.model, batch).audio_path_has_adapter()
 
     def _generate_and_score_completions(self, inputs: list[dict]) -> dict[str, torch.Tensor | Any]:
         # Same as GRPOTrainer._generate_and_score_completions, except that:

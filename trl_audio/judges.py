@@ -21,7 +21,6 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
-    ProcessorMixin,
 )
 from trl.data_utils import is_conversational
 
@@ -33,6 +32,7 @@ from .prompt_inputs import (
     processor_sampling_rate,
     render_prompts,
     to_model_inputs,
+    tokenizer_of,
     without_audio_parts,
 )
 from .rewards import reward_model_texts, wer_reward
@@ -135,10 +135,6 @@ def _evaluating(model: torch.nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def _tokenizer(processing_class: Any) -> Any:
-    return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
 
 
 class RewardModelJudge:
@@ -321,7 +317,7 @@ class LLMJudge:
         elif processing_class is None:
             raise ValueError(f"{type(self).__name__} needs the judge's tokenizer or processor with a model object.")
         self.model, self.processing_class = model, processing_class
-        self.label_ids = _label_token_ids(_tokenizer(processing_class))
+        self.label_ids = _label_token_ids(tokenizer_of(processing_class))
         self.template, self.margin, self.both_orders = template, margin, both_orders
         self.use_reference, self.batch_size = use_reference, batch_size
 

@@ -70,6 +70,19 @@ class PreemptionCallback(TrainerCallback):
         self._previous = {}
 
 
+class GivesHandlersBackOnError:
+    """Mixed into a trainer (before TRL's class) whose `preemption` attribute is a `PreemptionCallback` or None:
+    training that stops on an error (bad data with `on_error="raise"`, a crash) gives the signal handlers back too,
+    as `on_train_end` does after a run that ends normally; otherwise they would outlive the run."""
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.preemption is not None:
+                self.preemption.on_train_end(self.args, self.state, self.control)
+
+
 def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest `checkpoint-<step>` folder of `output_dir` whose `trainer_state.json` (the last file the Trainer
     writes into a checkpoint) is there and parses; None when there is none. A save that was cut short (a crash, a

@@ -19,7 +19,7 @@ from accelerate.utils import DistributedType
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from .prompt_inputs import select_rows, to_model_inputs
+from .prompt_inputs import audio_rows, select_rows, to_model_inputs
 
 
 logger = logging.getLogger(__name__)
@@ -178,8 +178,10 @@ class PromptEncoder:
         self.reuse = reuse
         self.readers: dict[int, AudioEmbeddingReader | None] = {}
 
-    def reader(self, model: nn.Module, batch: PromptBatch) -> AudioEmbeddingReader | None:
-        """`model`'s reader when its audio embeddings may be read once and reused for `batch`, else None."""
+    def reader(self, model: nn.Module, batch: PromptBatch, trains: bool = True) -> AudioEmbeddingReader | None:
+        """`model`'s reader when its audio embeddings may be read once and reused for `batch`, else None. `trains`:
+        whether `model` is trained (the policy), so that embeddings go stale when its audio path takes gradients; a
+        separate reference model's do not, whatever its `requires_grad` flags say (its passes run without them)."""
         if not batch.audio_rows or not self.reuse or weights_sharded(self.accelerator):
             return None
         model = self.accelerator.unwrap_model(model)
@@ -189,18 +191,16 @@ class PromptEncoder:
                 logger.warning("%s exposes no decoder layers: every pass encodes the clips.", type(model).__name__)
             self.readers[id(model)] = reader if reader.supported else None
         reader = self.readers[id(model)]
-        if reader is None or (reader.audio_modules is not None and reader.audio_path_trains()):
+        if reader is None or (trains and reader.audio_modules is not None and reader.audio_path_trains()):
             return None
         return reader
 
     def policy_batch(
         self, model: nn.Module, prompt_inputs: dict[str, torch.Tensor], audios: list | None
     ) -> PromptBatch:
-        """The prompts for the policy: the processor's outputs on the model's device, and the audio embeddings read
-        once when they can be reused."""
-        batch = PromptBatch(
-            to_model_inputs(model, prompt_inputs), [i for i, audio in enumerate(audios or []) if audio is not None]
-        )
+        """The prompts for the policy (`audios`: each prompt's clip or None, `prompt_inputs.audio_rows`' argument): the
+        processor's outputs on the model's device, and the audio embeddings read once when they can be reused."""
+        batch = PromptBatch(to_model_inputs(model, prompt_inputs), audio_rows(audios))
         reader = self.reader(model, batch)
         if reader is None:
             return batch
@@ -218,5 +218,13 @@ class PromptEncoder:
                 return batch
             with self.accelerator.unwrap_model(policy).disable_adapter():
                 return replace(batch, embeddings=reader.read(batch.inputs))
-        reader = self.reader(ref_model, batch)
+        reader = self.reader(ref_model, batch, trains=False)
         return replace(batch, embeddings=reader.read(batch.inputs) if reader is not None else None)
+
+    def shared_with_adapter_off(self, batch: PromptBatch, policy: nn.Module) -> PromptBatch:
+        """`batch` for passes of the policy both with and without its PEFT adapter, where the caller cannot tell them
+        apart (TRL's reference pass without a `ref_model` is the policy's own call): as it is, or without its
+        embeddings when an adapter sits on the audio path (they differ with it off), so that every pass encodes."""
+        if batch.embeddings is None or not self.reader(policy, batch).audio_path_has_adapter():
+            return batch
+        return replace(batch, embeddings=None)

@@ -44,6 +44,27 @@ def placeholder_token_ids(processing_class: Any) -> list[int]:
     return [i for i in ids if i is not None]
 
 
+def tokenizer_of(processing_class: Any) -> Any:
+    """The tokenizer of a processor, or the tokenizer itself."""
+    return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
+
+
+def end_of_turn(processing_class: Any) -> str:
+    """What the chat template writes after an assistant message (Phi-4-MM: `<|end|><|endoftext|>`, Qwen2-Audio:
+    `<|im_end|>\\n`), or the eos token where it writes nothing (GLM-ASR, whose generation stops at the next role token
+    or at `<|endoftext|>`): what the model learns to say after a transcript (SFT) or an answer (offline DPO), so that
+    generation stops there."""
+    marker = "<<transcript>>"
+    messages = [{"role": "user", "content": "Transcribe."}, {"role": "assistant", "content": marker}]
+    rendered = processing_class.apply_chat_template(messages, tokenize=False)
+    return rendered[rendered.rindex(marker) + len(marker) :] or tokenizer_of(processing_class).eos_token
+
+
+def audio_rows(audios: list | None) -> list[int]:
+    """The indices of the rows that carry a clip (`audios`: one clip or None per row; None for a text-only batch)."""
+    return [i for i, audio in enumerate(audios or []) if audio is not None]
+
+
 def row_name(row: dict, index: int) -> str:
     return f"row id={row['id']!r}" if row.get("id") is not None else f"batch row {index}"
 
@@ -138,21 +159,21 @@ def process_prompts(processing_class: Any, texts: list[str], audios: list | None
     entries are then left-padded to one width and put back in row order: some processors (GLM-ASR, Qwen3-ASR) take
     exactly one clip per text. The audio features need no reordering: their clips follow the audio rows' order.
     """
-    audio_rows = [i for i, audio in enumerate(audios or []) if audio is not None]
-    if not audio_rows or len(audio_rows) == len(texts):
-        return _call_processor(processing_class, texts, [audios[i] for i in audio_rows])
-    text_rows = sorted(set(range(len(texts))) - set(audio_rows))
-    with_audio = _call_processor(processing_class, [texts[i] for i in audio_rows], [audios[i] for i in audio_rows])
+    rows_with_audio = audio_rows(audios)
+    if not rows_with_audio or len(rows_with_audio) == len(texts):
+        return _call_processor(processing_class, texts, [audios[i] for i in rows_with_audio])
+    text_rows = sorted(set(range(len(texts))) - set(rows_with_audio))
+    with_audio = _call_processor(
+        processing_class, [texts[i] for i in rows_with_audio], [audios[i] for i in rows_with_audio]
+    )
     text_only = _call_processor(processing_class, [texts[i] for i in text_rows], [])
     width = max(with_audio["input_ids"].size(1), text_only["input_ids"].size(1))
-    pad_token_id = (
-        processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
-    ).pad_token_id
+    pad_token_id = tokenizer_of(processing_class).pad_token_id
     merged = dict(with_audio)
     for key in text_only:  # what a text-only call returns is per token: input_ids, attention_mask, ...
         pad = pad_token_id if key == "input_ids" else 0
         rows = with_audio[key].new_full((len(texts), width), pad)
-        rows[audio_rows, width - with_audio[key].size(1) :] = with_audio[key]
+        rows[rows_with_audio, width - with_audio[key].size(1) :] = with_audio[key]
         rows[text_rows, width - text_only[key].size(1) :] = text_only[key]
         merged[key] = rows
     return merged

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from transformers import PreTrainedModel, ProcessorMixin
+from transformers import PreTrainedModel
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.utils import flush_left
 
@@ -66,29 +66,15 @@ class AudioSFTConfig(AutoBf16Config, AudioDataConfig, SFTConfig):
             )
 
 
-def end_of_turn(processing_class: Any) -> str:
-    """What the chat template writes after an assistant message (Phi-4-MM: `<|end|><|endoftext|>`, Qwen2-Audio:
-    `<|im_end|>\\n`), or the eos token where it writes nothing (GLM-ASR, whose generation stops at the next role token
-    or at `<|endoftext|>`): what the model learns to say after a transcript, so that generation stops there."""
-    marker = "<<transcript>>"
-    messages = [{"role": "user", "content": "Transcribe."}, {"role": "assistant", "content": marker}]
-    rendered = processing_class.apply_chat_template(messages, tokenize=False)
-    return rendered[rendered.rindex(marker) + len(marker) :] or _tokenizer(processing_class).eos_token
-
-
-def _tokenizer(processing_class: Any) -> Any:
-    return processing_class.tokenizer if isinstance(processing_class, ProcessorMixin) else processing_class
-
-
 class AudioSFTCollator:
     """Collates rows of `prompt` (conversational, with an `{"type": "audio"}` part for the clip), `audio` and a
     transcript column into one batch for a model's forward with `labels`.
 
     The prompts go through the chat template (with the generation prompt) and the processor with their clips, as in
     the online trainer (`prompt_inputs.render_prompts` / `process_prompts`); each transcript, followed by the
-    template's end of turn (`end_of_turn`), is tokenized apart, so that the prompt's tokens are those generation
-    starts from. The rows are then flushed left (their positions count from 0, as for an unpadded row), and `labels`
-    are -100 on prompt and padding positions: the loss is on the transcript and its end of turn.
+    template's end of turn (`prompt_inputs.end_of_turn`), is tokenized apart, so that the prompt's tokens are those
+    generation starts from. The rows are then flushed left (their positions count from 0, as for an unpadded row), and
+    `labels` are -100 on prompt and padding positions: the loss is on the transcript and its end of turn.
 
     A row whose audio cannot be loaded (`on_error`) or that is longer than `max_length` tokens (`on_too_long`) is left
     out with a warning, or raises naming the row; the rows left out are counted by reason under `SKIPPED_KEY`. A
@@ -110,7 +96,7 @@ class AudioSFTCollator:
         self.on_too_long = on_too_long
         sampling_rate = prompt_inputs.processor_sampling_rate(processing_class)
         self.read_audio = prompt_inputs.AudioPromptCollator(sampling_rate, on_error, max_audio_seconds)
-        self.end_of_turn = end_of_turn(processing_class)
+        self.end_of_turn = prompt_inputs.end_of_turn(processing_class)
 
     def __call__(self, features: list[dict]) -> dict[str, Any]:
         batch = self.read_audio(features)
@@ -126,7 +112,7 @@ class AudioSFTCollator:
         prompts = prompt_inputs.process_prompts(
             self.processing_class, prompt_inputs.render_prompts(self.processing_class, batch), batch.get("audio")
         )
-        completions = _tokenizer(self.processing_class)(
+        completions = prompt_inputs.tokenizer_of(self.processing_class)(
             [text + self.end_of_turn for text in batch[self.text_column]],
             padding=True,
             padding_side="right",

@@ -24,7 +24,7 @@ from . import generation
 from .config import AudioOnlineDPOConfig
 from .judges import PairwiseJudge
 from .metrics import reduce_over_processes, training_logs, write_completions
-from .preemption import PreemptionCallback
+from .preemption import GivesHandlersBackOnError, PreemptionCallback
 from .prompt_embeds import PromptBatch, PromptEncoder
 from .prompt_inputs import (
     SKIPPED_KEY,
@@ -42,7 +42,7 @@ from .vllm_client import VLLMSampler
 logger = logging.getLogger(__name__)
 
 
-class AudioOnlineDPOTrainer(OnlineDPOTrainer):
+class AudioOnlineDPOTrainer(GivesHandlersBackOnError, OnlineDPOTrainer):
     """Online DPO for models that take audio + text prompts (Phi-4-multimodal, Qwen2-Audio, ...).
 
     Takes the same arguments as TRL's `OnlineDPOTrainer`, plus:
