@@ -63,11 +63,13 @@ def run_one(args: argparse.Namespace) -> dict:
     from trl_audio.modeling import freeze_audio_path, init_model
     from trl_audio.recipe import (
         EVAL_KWARGS,
+        PAIRS,
         REWARD_LOG_KEYS,
         TrainingClock,
         continued_sft_trainer,
         corpus_splits,
         grpo_trainer,
+        offline_dpo_trainer,
         online_dpo_trainer,
         whisper_baseline,
     )
@@ -76,7 +78,9 @@ def run_one(args: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     began = time.time()
     skip_counter = SkipCounter()
-    train, test = corpus_splits(args.corpus_dir, args.seed, skip_counter, args.train_rows, args.test_rows)
+    kind, arm_settings = ARMS.get(args.arm, (args.arm, {}))
+    pairs = PAIRS if kind == "offline_dpo" else None
+    train, test = corpus_splits(args.corpus_dir, args.seed, skip_counter, args.train_rows, args.test_rows, pairs)
     result = {"arm": args.arm, "seed": args.seed, "model": str(args.model), "corpus_dir": str(args.corpus_dir)}
     result["test_rows"] = args.test_rows  # None: all
     if args.arm in ("whisper", "whisper_prompt"):
@@ -93,7 +97,6 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.arm == "start":
         return result | _scored(evaluate_rows(model, processor, test, **EVAL_KWARGS), began)
 
-    kind, arm_settings = ARMS[args.arm]
     overrides = {"seed": args.seed, **arm_settings, **dict(args.set)}
     result |= {"overrides": dict(args.set), "lora_r": args.lora_r if kind == "dpo" else 0}
     output_dir = Path(args.out_dir, f"{args.arm}-seed{args.seed}")
@@ -105,6 +108,9 @@ def run_one(args: argparse.Namespace) -> dict:
     elif kind == "grpo":
         trainer = grpo_trainer(model, processor, train, output_dir, skip_counter, **overrides)
         log_keys = ("loss", "reward", "reward_std", *REWARD_LOG_KEYS)
+    elif kind == "offline_dpo":
+        trainer = offline_dpo_trainer(model, processor, train, output_dir, skip_counter, **overrides)
+        log_keys = ("loss", "rewards/margins", "rewards/accuracies")
     else:
         trainer = continued_sft_trainer(model, processor, train, output_dir, skip_counter, **overrides)
         log_keys = ("loss",)
@@ -158,13 +164,14 @@ def _scored(evaluation: dict, began: float) -> dict:
 
 
 def _keys(kind: str) -> set[str]:
-    """The config fields a run of this trainer (`sft` / `dpo` / `grpo`) records."""
+    """The config fields a run of this trainer (`sft` / `dpo` / `grpo` / `offline_dpo`) records."""
     common = {"learning_rate", "lr_scheduler_type", "per_device_train_batch_size", "seed"}
     sampling = {"num_generations", "temperature", "beta", "loss_type"}
     by_kind = {
         "sft": set(),
         "dpo": sampling | {"max_new_tokens", "rpo_alpha"},
         "grpo": sampling | {"max_completion_length"},
+        "offline_dpo": {"beta", "loss_type", "loss_weights"},
     }
     return common | by_kind[kind]
 

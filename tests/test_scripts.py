@@ -28,6 +28,7 @@ TEST_TSV = SAMPLE / "test.tsv"
 sys.path.insert(0, str(REPO_DIR / "examples/scripts"))  # the scripts are files, not modules of the package
 
 import demo_phi4_multimodal_dpo as demo  # noqa: E402
+import dpo_audio  # noqa: E402
 import dpo_online_phi4_multimodal as cli  # noqa: E402
 import grpo_audio  # noqa: E402
 
@@ -390,3 +391,32 @@ def test_grpo_main_trains_on_bundled_speech_evaluates_and_saves(tiny_qwen2_audio
     assert "rewards/wer_reward/mean" in steps[0] and steps[0]["grad_norm"] > 0
     assert results["eval_before"]["metrics"]["wer"] >= 0 and results["eval_after"]["step"] == 2
     assert (tmp_path / "adapter_model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------- offline DPO (examples/scripts/dpo_audio.py)
+
+
+def test_offline_dpo_main_trains_on_bundled_speech_with_rare_word_pairs(tiny_qwen2_audio_dir, eval_config, tmp_path):
+    argv = [
+        "--model_name_or_path", str(tiny_qwen2_audio_dir), "--output_dir", str(tmp_path), "--speech_lora", "off",
+        "--eval_dataset_config", str(eval_config), "--use_peft", "--max_train_samples", "4", "--bias_substitute_prob",
+        "1.0", "--per_device_train_batch_size", "2", "--max_steps", "2", "--logging_steps", "1",
+        "--save_strategy", "no", "--report_to", "none", "--learning_rate", "1e-2",
+        "--loss_type", "sigmoid", "sft", "--loss_weights", "1.0", "0.5",
+    ]  # fmt: skip
+    script_args, training_args, model_args = dpo_audio.make_parser().parse_args_and_config(argv)
+    assert script_args.train_dataset_config["simu_preference"]["bias_substitute_prob"] == 1.0
+    results = dpo_audio.main(script_args, training_args, model_args)
+    steps = [logs for logs in results["log_history"] if "loss" in logs]
+    assert len(steps) == 2 and all(step["data/skipped/total"] == 0 for step in steps)
+    assert steps[1]["rewards/margins"] != 0 and results["eval_after"]["step"] == 2
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+
+
+def test_offline_dpo_needs_pairs_before_any_model_loads(tmp_path):
+    config = tmp_path / "no_pairs.json"
+    config.write_text(json.dumps({"dataset_name": "tsv", "tsv_paths": str(TEST_TSV)}))
+    with pytest.raises(ValueError, match="simu_preference"):
+        dpo_audio.make_parser().parse_args_and_config(
+            ["--model_name_or_path", "m", "--output_dir", "o", "--dataset_config", str(config)]
+        )

@@ -1,5 +1,5 @@
 """The configuration fields every audio trainer shares, as dataclass mixins placed before TRL's config class:
-`AudioDataConfig` (bad audio and too-long rows: SFT, online DPO, GRPO), `AudioRolloutConfig` (sampling with audio:
+`AudioDataConfig` (bad audio, too-long rows, pre-emption: every trainer), `AudioRolloutConfig` (sampling with audio:
 encode-once, shared prefill, vLLM server, pre-emption: online DPO, GRPO) and `AutoBf16Config` (bf16 where the GPU has
 it: SFT, GRPO)."""
 
@@ -15,8 +15,8 @@ from .skips import ON_ERROR_CHOICES
 @dataclass
 class AudioDataConfig:
     r"""
-    How an audio trainer meets rows it cannot use. Mixed into `AudioSFTConfig`, `AudioOnlineDPOConfig` and
-    `AudioGRPOConfig` (before TRL's config class).
+    How an audio trainer meets rows it cannot use, and a pre-emption signal. Mixed into every audio trainer's config
+    (before TRL's config class).
 
     Parameters:
         on_too_long (`str`, *optional*, defaults to `"skip"`):
@@ -29,6 +29,9 @@ class AudioDataConfig:
             with a warning and counts it in `data/skipped/<reason>`; `"raise"` stops with an error naming the file.
         max_audio_seconds (`float` or `None`, *optional*, defaults to `None`):
             Audio longer than this is treated as a bad row (see `on_error`). `None` accepts any length.
+        save_on_preemption (`bool`, *optional*, defaults to `True`):
+            On SIGTERM or SIGINT during training, finish the current step, save a checkpoint and stop (exit code 0);
+            see `trl_audio.preemption`. Resume with `resume_from_checkpoint`.
     """
 
     on_too_long: str = field(
@@ -52,6 +55,10 @@ class AudioDataConfig:
     max_audio_seconds: float | None = field(
         default=None,
         metadata={"help": "Audio longer than this is treated as a bad row (see `on_error`). None accepts any length."},
+    )
+    save_on_preemption: bool = field(
+        default=True,
+        metadata={"help": "On SIGTERM or SIGINT, finish the current step, save a checkpoint and stop (exit code 0)."},
     )
 
     def __post_init__(self):
@@ -95,10 +102,6 @@ class AudioRolloutConfig(AudioEmbeddingsConfig, AudioDataConfig):
     `AudioOnlineDPOConfig` and `AudioGRPOConfig` (before TRL's config class).
 
     Parameters:
-        save_on_preemption (`bool`, *optional*, defaults to `True`):
-            On SIGTERM or SIGINT during training, finish the current step, save a checkpoint and stop (exit code 0);
-            see `trl_audio.preemption`. Resume with `resume_from_checkpoint`.
-
     > vLLM generation (`use_vllm=True`, `vllm_mode="server"`, `vllm_server_base_url`: TRL's fields; see
     > `scripts/vllm_server.sh`)
 
@@ -123,10 +126,6 @@ class AudioRolloutConfig(AudioEmbeddingsConfig, AudioDataConfig):
             instead of prefilling one copy of the prompt per sample (with the cache only).
     """
 
-    save_on_preemption: bool = field(
-        default=True,
-        metadata={"help": "On SIGTERM or SIGINT, finish the current step, save a checkpoint and stop (exit code 0)."},
-    )
     vllm_mode: str = field(
         default="server",
         metadata={

@@ -72,10 +72,6 @@ class AudioScriptArguments:
             into the weights (train a fresh LoRA on top with `--use_peft`, or all weights), `"train"` it as the
             trainable adapter (not with `--use_peft`; the reference is then a separately loaded merged copy), or
             `"off"` for models without one.
-        reward_funcs (`list[str]`, *optional*, defaults to `["wer", "bias_word_recall"]`):
-            Reward functions, among `wer` (minus the WER against the `text` column), `bias_word_recall` (recall of the
-            row's `keywords`) and `word_count` (minus the number of words: a reward any model can learn, to check the
-            loop). Weigh them with `--reward_weights`.
     """
 
     dataset_config: str | None = field(
@@ -130,17 +126,8 @@ class AudioScriptArguments:
             "choices": list(SPEECH_LORA_MODES),
         },
     )
-    reward_funcs: list[str] = field(
-        default_factory=lambda: ["wer", "bias_word_recall"],
-        metadata={
-            "help": "Reward functions: wer, bias_word_recall, word_count (a reward any model can learn, to check the "
-            "loop). Weigh them with --reward_weights.",
-            "choices": list(REWARD_FUNCS),
-        },
-    )
 
     def __post_init__(self):
-        get_reward_funcs(self.reward_funcs, self.normalization)  # fails on unknown names before any model loads
         if isinstance(self.eval_dataset_config, str):  # one path, as a recipe may give it
             self.eval_dataset_config = [self.eval_dataset_config]
         self.eval_dataset_configs = {}
@@ -162,6 +149,32 @@ class AudioScriptArguments:
             raise ValueError(f"speech_lora must be one of {SPEECH_LORA_MODES}, got {self.speech_lora!r}.")
         if self.dataset_name is not None and self.dataset_name not in SOURCES:
             raise ValueError(f"dataset_name must be one of {list(SOURCES)} or None, got {self.dataset_name!r}.")
+
+
+@dataclass
+class RewardScriptArguments(AudioScriptArguments):
+    r"""
+    `AudioScriptArguments` plus the reward functions of the sampling trainers (online DPO, GRPO).
+
+    Parameters:
+        reward_funcs (`list[str]`, *optional*, defaults to `["wer", "bias_word_recall"]`):
+            Reward functions, among `wer` (minus the WER against the `text` column), `bias_word_recall` (recall of the
+            row's `keywords`) and `word_count` (minus the number of words: a reward any model can learn, to check the
+            loop). Weigh them with `--reward_weights`.
+    """
+
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["wer", "bias_word_recall"],
+        metadata={
+            "help": "Reward functions: wer, bias_word_recall, word_count (a reward any model can learn, to check the "
+            "loop). Weigh them with --reward_weights.",
+            "choices": list(REWARD_FUNCS),
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        get_reward_funcs(self.reward_funcs, self.normalization)  # fails on unknown names before any model loads
 
 
 def make_parser(script_class: type, config_class: type) -> TrlParser:
@@ -242,13 +255,17 @@ def trainer_arguments(
     callbacks: list | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments every audio trainer gets from a command line: the model and its processor, the reward
-    functions (`--reward_funcs`, `--normalization`), the training config, the datasets of `load_datasets` (the
-    evaluation sets stand as TRL's `eval_dataset`, so that `--eval_strategy` is accepted; `add_evaluation`'s callback
-    replaces the trainer's own evaluation), the LoRA (`peft_config`), `callbacks` and the skip counter."""
+    functions of a sampling trainer (`RewardScriptArguments`: `--reward_funcs`, `--normalization`), the training
+    config, the datasets of `load_datasets` (the evaluation sets stand as TRL's `eval_dataset`, so that
+    `--eval_strategy` is accepted; `add_evaluation`'s callback replaces the trainer's own evaluation), the LoRA
+    (`peft_config`), `callbacks` and the skip counter."""
     train_dataset, eval_sets, skip_counter = datasets
+    rewards = {}
+    if isinstance(script_args, RewardScriptArguments):
+        rewards["reward_funcs"] = get_reward_funcs(script_args.reward_funcs, script_args.normalization)
     return {
         "model": model,
-        "reward_funcs": get_reward_funcs(script_args.reward_funcs, script_args.normalization),
+        **rewards,
         "args": training_args,
         "train_dataset": train_dataset,
         "processing_class": processor,

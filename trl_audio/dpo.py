@@ -19,6 +19,7 @@ from trl.trainer.utils import flush_left
 from . import prompt_inputs
 from .audio_config import AudioDataConfig, AudioEmbeddingsConfig, AutoBf16Config
 from .metrics import training_logs
+from .preemption import GivesHandlersBackOnError, PreemptionCallback
 from .prompt_embeds import PromptBatch, PromptEncoder
 from .prompt_inputs import (
     SKIPPED_KEY,
@@ -45,8 +46,9 @@ class AudioDPOConfig(AutoBf16Config, AudioEmbeddingsConfig, AudioDataConfig, DPO
     Configuration class for [`AudioDPOTrainer`]: every field of TRL's `DPOConfig` (loss types, `beta`, `loss_weights`
     with `"sft"` for RPO, `precompute_ref_log_probs`, ...), of `AutoBf16Config` (`bf16`: on where a GPU supports it),
     `AudioEmbeddingsConfig` (`reuse_audio_embeddings`) and `AudioDataConfig` (`on_too_long`, `on_error`,
-    `max_audio_seconds`). Unlike TRL, a row longer than `max_length` (its prompt, audio placeholders included, plus
-    the longer of its two answers) is never truncated: it is handled as `on_too_long` says.
+    `max_audio_seconds`, `save_on_preemption`). Unlike TRL, a row longer than `max_length` (its prompt, audio
+    placeholders included, plus the longer of its two answers) is never truncated: it is handled as `on_too_long`
+    says.
     """
 
 
@@ -155,7 +157,7 @@ def _pad_right(tensor: torch.Tensor, width: int, value: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, width - tensor.size(1)), value=value)
 
 
-class AudioDPOTrainer(DPOTrainer):
+class AudioDPOTrainer(GivesHandlersBackOnError, DPOTrainer):
     """Offline DPO for models that take audio + text prompts (Phi-4-multimodal, Qwen2-Audio, GLM-ASR, ...): TRL's
     `DPOTrainer` fed by `AudioPreferenceCollator`, its loss unchanged.
 
@@ -204,6 +206,9 @@ class AudioDPOTrainer(DPOTrainer):
             processing_class=processing_class,
             **kwargs,
         )
+        self.preemption = PreemptionCallback() if args.save_on_preemption else None
+        if self.preemption is not None:
+            self.add_callback(self.preemption)
 
     @functools.cached_property
     def prompt_encoder(self) -> PromptEncoder:

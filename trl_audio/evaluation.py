@@ -227,14 +227,14 @@ class TranscriptionEvalCallback(TrainerCallback):
     step (pre-empted, see `trl_audio.preemption`) is not evaluated at its end: the resumed run will be.
 
     Args:
-        trainer: the `AudioOnlineDPOTrainer` or `AudioGRPOTrainer` whose model is evaluated (its processor
+        trainer: the audio trainer (online DPO, GRPO, offline DPO) whose model is evaluated (its processor
             transcribes).
         eval_sets: `{name: rows}`, rows as `create_audio_dataset` makes them (`id`, `prompt`, `audio`, `text` and
             the bias column).
         bias_column: the column whose words count as bias words: `"keywords"` (the manifest's rare words) or
             `"bias_words"` (the list the prompt shows).
         batch_size, max_new_tokens: of the greedy transcription; default to the trainer's
-            `per_device_eval_batch_size` and `max_new_tokens` (GRPO: `max_completion_length`).
+            `per_device_eval_batch_size` and `max_new_tokens` (GRPO: `max_completion_length`; offline DPO: 128).
         normalization: of the scoring (`evaluate_transcripts`): `"whisper"` or `"simple"`.
     """
 
@@ -252,9 +252,10 @@ class TranscriptionEvalCallback(TrainerCallback):
         self.eval_sets = {name: list(rows) for name, rows in eval_sets.items()}
         self.bias_column = bias_column
         self.batch_size = batch_size or trainer.args.per_device_eval_batch_size
-        # online DPO's sampling budget is `max_new_tokens`, GRPO's `max_completion_length`
-        budget = "max_completion_length" if hasattr(trainer.args, "max_completion_length") else "max_new_tokens"
-        self.max_new_tokens = max_new_tokens or getattr(trainer.args, budget)
+        # the trainer's sampling budget: online DPO's `max_new_tokens`, GRPO's `max_completion_length`; offline DPO
+        # samples nothing (TRL's config has neither): 128
+        budget = getattr(trainer.args, "max_new_tokens", None) or getattr(trainer.args, "max_completion_length", None)
+        self.max_new_tokens = max_new_tokens or budget or 128
         self.history: dict[str, list[dict]] = {name: [] for name in self.eval_sets}
         self._evaluated_at: int | None = None
 

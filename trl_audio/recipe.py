@@ -20,6 +20,7 @@ from .audio_dataset import create_audio_dataset
 from .audio_utils import load_audio
 from .config import AudioOnlineDPOConfig
 from .corpus import make_corpus
+from .dpo import AudioDPOConfig, AudioDPOTrainer
 from .evaluation import TranscriptionEvalCallback, evaluate_transcripts
 from .grpo import AudioGRPOConfig, AudioGRPOTrainer
 from .modeling import decoder_lora_targets
@@ -47,8 +48,19 @@ REWARD_LOG_KEYS = tuple(f"rewards/{name}_reward/mean" for name in REWARDS)
 # `continued_sft_trainer`) and the settings each sets over that trainer's config. `dpo_rpo` adds an NLL term on each
 # pair's chosen sample (RPO): the variant aimed at per-word errors, which keeps the chosen transcript likely while the
 # pair pushes the words where the samples differ apart.
-# `grpo` weighs each of a clip's 8 samples by its reward against the clip's other samples (`grpo_trainer`).
-ARMS = {"sft": ("sft", {}), "dpo": ("dpo", {}), "dpo_rpo": ("dpo", {"rpo_alpha": 1.0}), "grpo": ("grpo", {})}
+# `grpo` weighs each of a clip's 8 samples by its reward against the clip's other samples (`grpo_trainer`);
+# `offline_dpo` trains on fixed pairs: the reference against itself with one listed rare word swapped (`PAIRS`).
+ARMS = {
+    "sft": ("sft", {}),
+    "dpo": ("dpo", {}),
+    "dpo_rpo": ("dpo", {"rpo_alpha": 1.0}),
+    "grpo": ("grpo", {}),
+    "offline_dpo": ("offline_dpo", {}),
+}
+# The offline-DPO arm's pairs (`create_audio_dataset`'s `simu_preference`): `rejected` is the reference with one of the
+# row's keywords swapped for the closest-spelled word of its biasing list, the error a biased model makes; rows that
+# allow no swap (no keyword in the transcript, or no other word in the list) get 10-25% word errors instead.
+PAIRS = {"error_range": [0.1, 0.25], "bias_substitute_prob": 1.0}
 # What every arm's run shares: a constant learning rate, no step limit (a `TrainingClock` stops the run), no
 # checkpoints, no loggers.
 RUN_SETTINGS = {
@@ -122,10 +134,12 @@ def corpus_splits(
     skip_counter: SkipCounter | None = None,
     train_rows: int | None = None,
     test_rows: int | None = None,
+    simu_preference: dict | None = None,
 ) -> tuple[Dataset, list[dict]]:
     """`(train dataset, test rows)` of a corpus, both with biasing prompts (`BIASING`); the train prompts' lists are
     drawn from `seed`, the test prompts' from seed 0 whatever `seed`, so that every run is scored on the same
-    prompts. `train_rows` / `test_rows` keep the first that many rows (`None`: all)."""
+    prompts. `train_rows` / `test_rows` keep the first that many rows (`None`: all). `simu_preference` gives the
+    training rows `chosen` / `rejected` pairs (`create_audio_dataset`; the offline-DPO arm's `PAIRS`)."""
     corpus_dir = Path(corpus_dir)
     train = create_audio_dataset(
         "jsonl",
@@ -134,6 +148,7 @@ def corpus_splits(
         num_egs=train_rows,
         biasing=BIASING,
         seed=seed,
+        simu_preference=simu_preference,
     )
     test = create_audio_dataset(
         "jsonl", jsonl_paths=str(corpus_dir / "test.jsonl"), num_egs=test_rows, biasing=BIASING, seed=0
@@ -336,6 +351,45 @@ def grpo_trainer(
         model=model,
         reward_funcs=get_reward_funcs(REWARDS),
         args=grpo_config(output_dir, **overrides),
+        train_dataset=train_dataset,
+        processing_class=processor,
+        skip_counter=skip_counter,
+    )
+
+
+def offline_dpo_config(output_dir: str | os.PathLike, **overrides: Any) -> AudioDPOConfig:
+    """The benchmark's offline-DPO arm: full fine-tuning of the text decoder (the audio path frozen by the caller) on
+    the `PAIRS` of the training rows, 8 pairs per step, sigmoid loss with beta 0.1 plus the chosen side's NLL (TRL's
+    `"sft"` loss at weight 1: RPO, which keeps the reference transcript likely while the pair pushes the swapped word
+    down), a constant learning rate of 5e-5 (the online-DPO arm's), the run stopped by a `TrainingClock`. `overrides`
+    replace any of these."""
+    settings = RUN_SETTINGS | {
+        "per_device_train_batch_size": 8,
+        "beta": 0.1,
+        "loss_type": ["sigmoid", "sft"],
+        "loss_weights": [1.0, 1.0],
+        "learning_rate": 5e-5,
+        "gradient_checkpointing": False,
+        "logging_steps": 10,
+        "bf16": False,
+    }
+    return AudioDPOConfig(output_dir=str(output_dir), **(settings | overrides))
+
+
+def offline_dpo_trainer(
+    model: Any,
+    processor: Any,
+    train_dataset: Dataset,
+    output_dir: str | os.PathLike,
+    skip_counter: SkipCounter | None = None,
+    **overrides: Any,
+) -> AudioDPOTrainer:
+    """The offline-DPO arm on `train_dataset` (rows with `chosen` / `rejected`: `corpus_splits(...,
+    simu_preference=PAIRS)`), a frozen copy of `model` as the reference: `offline_dpo_config(output_dir,
+    **overrides)`."""
+    return AudioDPOTrainer(
+        model=model,
+        args=offline_dpo_config(output_dir, **overrides),
         train_dataset=train_dataset,
         processing_class=processor,
         skip_counter=skip_counter,

@@ -16,6 +16,7 @@ from trl.trainer.utils import flush_left
 
 from . import prompt_inputs
 from .audio_config import AudioDataConfig, AutoBf16Config
+from .preemption import GivesHandlersBackOnError, PreemptionCallback
 from .prompt_inputs import SKIPPED_KEY
 from .skips import SKIP_REASONS, SkipCounter
 
@@ -27,11 +28,11 @@ logger = logging.getLogger(__name__)
 class AudioSFTConfig(AutoBf16Config, AudioDataConfig, SFTConfig):
     r"""
     Configuration class for [`AudioSFTTrainer`]: every field of TRL's `SFTConfig`, of `AutoBf16Config` (`bf16`: on
-    where a GPU supports it) and of `AudioDataConfig` (`on_too_long`, `on_error`, `max_audio_seconds`: a row longer
-    than `max_length` is one whose prompt and transcript do not fit), plus the ones below. The loss is on each row's
-    transcript only (TRL's `completion_only_loss`); `packing`, `padding_free` and `assistant_only_loss` are not
-    supported, and `dataset_kwargs` always holds `skip_prepare_dataset=True` (the collator decodes and processes each
-    batch, as TRL does for images).
+    where a GPU supports it) and of `AudioDataConfig` (`on_too_long`, `on_error`, `max_audio_seconds`,
+    `save_on_preemption`: a row longer than `max_length` is one whose prompt and transcript do not fit), plus the ones
+    below. The loss is on each row's transcript only (TRL's `completion_only_loss`); `packing`, `padding_free` and
+    `assistant_only_loss` are not supported, and `dataset_kwargs` always holds `skip_prepare_dataset=True` (the
+    collator decodes and processes each batch, as TRL does for images).
 
     Parameters:
         dataset_text_field (`str`, *optional*, defaults to `"text"`):
@@ -144,7 +145,7 @@ class AudioSFTCollator:
         return {**prompts, "input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class AudioSFTTrainer(SFTTrainer):
+class AudioSFTTrainer(GivesHandlersBackOnError, SFTTrainer):
     """Supervised fine-tuning for models that take audio + text prompts (Phi-4-multimodal, Qwen2-Audio, GLM-ASR, ...):
     TRL's `SFTTrainer` fed by `AudioSFTCollator`, the loss on each row's transcript.
 
@@ -186,6 +187,9 @@ class AudioSFTTrainer(SFTTrainer):
             model=model, args=args, data_collator=data_collator, processing_class=processing_class, **kwargs
         )
         self.skip_counter = skip_counter if skip_counter is not None else SkipCounter()
+        self.preemption = PreemptionCallback() if args.save_on_preemption else None
+        if self.preemption is not None:
+            self.add_callback(self.preemption)
 
     def _set_signature_columns_if_needed(self):
         # Same as SFTTrainer._set_signature_columns_if_needed, except that the columns kept are those the collator

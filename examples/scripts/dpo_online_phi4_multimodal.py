@@ -47,7 +47,7 @@ from trl import ModelConfig, TrlParser
 
 from trl_audio import AudioOnlineDPOConfig, AudioOnlineDPOTrainer
 from trl_audio.cli import (
-    AudioScriptArguments,
+    RewardScriptArguments,
     add_evaluation,
     check_model_args,
     configure_logging,
@@ -68,10 +68,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ScriptArguments(AudioScriptArguments):
+class ScriptArguments(RewardScriptArguments):
     r"""
     Arguments of the script that are neither training (`AudioOnlineDPOConfig`) nor model (`ModelConfig`) arguments:
-    those of `trl_audio.cli.AudioScriptArguments` (the training and evaluation sets, `normalization`,
+    those of `trl_audio.cli.RewardScriptArguments` (the training and evaluation sets, `normalization`,
     `eval_bias_column`, `speech_lora`, `reward_funcs`), plus the judge's.
 
     Parameters:

@@ -38,7 +38,7 @@ from trl import ModelConfig, TrlParser
 
 from trl_audio import AudioGRPOConfig, AudioGRPOTrainer
 from trl_audio.cli import (
-    AudioScriptArguments,
+    RewardScriptArguments,
     add_evaluation,
     check_model_args,
     configure_logging,
@@ -54,10 +54,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ScriptArguments(AudioScriptArguments):
+class ScriptArguments(RewardScriptArguments):
     r"""
     Arguments of the script that are neither training (`AudioGRPOConfig`) nor model (`ModelConfig`) arguments: those
-    of `trl_audio.cli.AudioScriptArguments` (the training and evaluation sets, `normalization`, `eval_bias_column`,
+    of `trl_audio.cli.RewardScriptArguments` (the training and evaluation sets, `normalization`, `eval_bias_column`,
     `speech_lora`, `reward_funcs`).
     """
 
