@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,19 +15,11 @@ from transformers import PreTrainedModel
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.utils import flush_left
 
-from . import prompt_inputs
 from .audio_config import AudioDataConfig, AudioEmbeddingsConfig, AutoBf16Config
 from .metrics import training_logs
 from .preemption import GivesHandlersBackOnError, PreemptionCallback
 from .prompt_embeds import PromptBatch, PromptEncoder
-from .prompt_inputs import (
-    SKIPPED_KEY,
-    AudioPromptCollator,
-    end_of_turn,
-    placeholder_token_ids,
-    processor_sampling_rate,
-    tokenizer_of,
-)
+from .prompt_inputs import SKIPPED_KEY, AnsweredPromptCollator, audio_rows, placeholder_token_ids, tokenizer_of
 from .skips import SkipCounter
 
 
@@ -52,14 +43,7 @@ class AudioDPOConfig(AutoBf16Config, AudioEmbeddingsConfig, AudioDataConfig, DPO
     """
 
 
-def _answer_text(answer: Any) -> str:
-    """A `chosen` / `rejected` value as text: an assistant message list (`create_audio_dataset`) or a string."""
-    if isinstance(answer, str):
-        return answer
-    return "".join(message["content"] for message in answer if message["role"] == "assistant")
-
-
-class AudioPreferenceCollator:
+class AudioPreferenceCollator(AnsweredPromptCollator):
     """Collates rows of `prompt` (with an `{"type": "audio"}` part for the clip), `audio`, `chosen` and `rejected`
     into one batch of 2B rows, the B chosen answers then the B rejected ones, each after its prompt: `input_ids`,
     `attention_mask` and `completion_mask` (flushed left, as TRL's collators do), and under `PROMPT_INPUTS` the
@@ -73,68 +57,20 @@ class AudioPreferenceCollator:
     batch with no row left holds empty tensors.
     """
 
-    def __init__(
-        self,
-        processing_class: Any,
-        max_length: int | None = None,
-        on_error: str = "skip",
-        on_too_long: str = "skip",
-        max_audio_seconds: float | None = None,
-    ):
-        self.processing_class = processing_class
-        self.max_length = max_length
-        self.on_too_long = on_too_long
-        sampling_rate = processor_sampling_rate(processing_class)
-        self.read_audio = AudioPromptCollator(sampling_rate, on_error, max_audio_seconds)
-        self.end_of_turn = end_of_turn(processing_class)
+    answer_columns = ("chosen", "rejected")
+    answer_name = "longer answer"
 
-    def __call__(self, features: list[dict]) -> dict[str, Any]:
-        batch = self.read_audio(features)
-        skipped = Counter(batch.pop(SKIPPED_KEY))
-        inputs = self._process(batch, skipped)
-        inputs[SKIPPED_KEY] = dict(skipped)
-        return inputs
+    def empty(self) -> dict[str, Any]:
+        empty = torch.zeros((0, 0), dtype=torch.long)
+        return {"input_ids": empty, "attention_mask": empty, "completion_mask": empty, PROMPT_INPUTS: {}}
 
-    def _answers(self, batch: dict[str, list], side: str) -> dict[str, torch.Tensor]:
-        return tokenizer_of(self.processing_class)(
-            [_answer_text(answer) + self.end_of_turn for answer in batch[side]],
-            padding=True,
-            padding_side="right",
-            add_special_tokens=False,
-            return_tensors="pt",
-        )
-
-    def _process(self, batch: dict[str, list], skipped: Counter) -> dict[str, Any]:
-        if not batch["prompt"]:
-            empty = torch.zeros((0, 0), dtype=torch.long)
-            return {"input_ids": empty, "attention_mask": empty, "completion_mask": empty, PROMPT_INPUTS: {}}
-        prompts = prompt_inputs.process_prompts(
-            self.processing_class, prompt_inputs.render_prompts(self.processing_class, batch), batch.get("audio")
-        )
-        chosen, rejected = self._answers(batch, "chosen"), self._answers(batch, "rejected")
-        prompt_lengths = prompts["attention_mask"].sum(1)
-        answer_lengths = torch.maximum(chosen["attention_mask"].sum(1), rejected["attention_mask"].sum(1))
-        lengths = (prompt_lengths + answer_lengths).tolist()
-        keep, messages = prompt_inputs.rows_that_fit(
-            batch,
-            lengths,
-            self.max_length,
-            self.on_too_long,
-            lambda i: (
-                f"its prompt (audio placeholders included) and longer answer are {lengths[i]} tokens, more than "
-                f"max_length={self.max_length}. Raise max_length or use shorter audio; rows are never truncated."
-            ),
-        )
-        if messages:
-            for message in messages:
-                logger.warning("Skipping %s", message)
-            skipped["prompt_too_long"] += len(messages)
-            return self._process({key: [values[i] for i in keep] for key, values in batch.items()}, skipped)
+    def collate(self, batch, prompts, answers) -> dict[str, Any]:
+        chosen, rejected = answers
         width = max(chosen["input_ids"].size(1), rejected["input_ids"].size(1))
         pad = tokenizer_of(self.processing_class).pad_token_id
-        answer_ids = torch.cat([_pad_right(a["input_ids"], width, pad) for a in (chosen, rejected)])
-        answer_mask = torch.cat([_pad_right(a["attention_mask"], width, 0) for a in (chosen, rejected)])
-        rows = list(range(len(prompt_lengths))) * 2
+        answer_ids = torch.cat([_pad_right(a["input_ids"], width, pad) for a in answers])
+        answer_mask = torch.cat([_pad_right(a["attention_mask"], width, 0) for a in answers])
+        rows = list(range(prompts["input_ids"].size(0))) * 2
         prompt_ids, prompt_mask = prompts["input_ids"][rows], prompts["attention_mask"][rows]
         attention_mask, input_ids, completion_mask = flush_left(
             torch.cat((prompt_mask, answer_mask), dim=1),
@@ -145,7 +81,7 @@ class AudioPreferenceCollator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "completion_mask": completion_mask,
-            PROMPT_INPUTS: {**prompts, "audio_rows": torch.tensor(prompt_inputs.audio_rows(batch.get("audio")))},
+            PROMPT_INPUTS: {**prompts, "audio_rows": torch.tensor(audio_rows(batch.get("audio")))},
         }
         for key in ("ref_chosen_logps", "ref_rejected_logps"):  # precomputed (`precompute_ref_log_probs`)
             if key in batch:

@@ -331,3 +331,88 @@ def prepare_prompts(
     if not keep:
         return kept, {}
     return prepare_prompts(processing_class, kept, max_length, reserved, reserved_name, on_too_long, skip_counter)
+
+
+class AnsweredPromptCollator:
+    """Base of the collators that put each row's prompt (with its clip) before answers the rows give: SFT's transcript,
+    offline DPO's chosen and rejected transcripts. It decodes the clips (`AudioPromptCollator`: bad audio skipped or
+    raising, as `on_error` says), renders and processes the prompts (`render_prompts`, `process_prompts`), tokenizes
+    each answer column apart with the chat template's end of turn after it (`end_of_turn`: what the model learns to say
+    after an answer), and leaves out (or raises on, as `on_too_long` says) a row whose prompt plus longest answer is
+    longer than `max_length` tokens, never truncating; the rows left out are counted by reason under `SKIPPED_KEY`.
+    Subclasses name their `answer_columns` and build the batch from the processed prompts and tokenized answers
+    (`collate`), and say what a batch with no row left holds (`empty`)."""
+
+    answer_columns: tuple[str, ...] = ()
+    answer_name = "answer"  # in the too-long message
+
+    def __init__(
+        self,
+        processing_class: Any,
+        max_length: int | None = None,
+        on_error: str = "skip",
+        on_too_long: str = "skip",
+        max_audio_seconds: float | None = None,
+    ):
+        self.processing_class = processing_class
+        self.max_length = max_length
+        self.on_too_long = on_too_long
+        self.read_audio = AudioPromptCollator(processor_sampling_rate(processing_class), on_error, max_audio_seconds)
+        self.end_of_turn = end_of_turn(processing_class)
+
+    def __call__(self, features: list[dict]) -> dict[str, Any]:
+        batch = self.read_audio(features)
+        skipped = Counter(batch.pop(SKIPPED_KEY))
+        collated = self._process(batch, skipped)
+        collated[SKIPPED_KEY] = dict(skipped)
+        return collated
+
+    def collate(
+        self, batch: dict[str, list], prompts: dict[str, torch.Tensor], answers: list[dict[str, torch.Tensor]]
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def empty(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _process(self, batch: dict[str, list], skipped: Counter) -> dict[str, Any]:
+        if not batch["prompt"]:
+            return self.empty()
+        prompts = process_prompts(
+            self.processing_class, render_prompts(self.processing_class, batch), batch.get("audio")
+        )
+        answers = [
+            tokenizer_of(self.processing_class)(
+                [_answer_text(answer) + self.end_of_turn for answer in batch[column]],
+                padding=True,
+                padding_side="right",
+                add_special_tokens=False,
+                return_tensors="pt",
+            )
+            for column in self.answer_columns
+        ]
+        longest = torch.stack([answer["attention_mask"].sum(1) for answer in answers]).max(0).values
+        lengths = (prompts["attention_mask"].sum(1) + longest).tolist()
+        keep, messages = rows_that_fit(
+            batch,
+            lengths,
+            self.max_length,
+            self.on_too_long,
+            lambda i: (
+                f"its prompt (audio placeholders included) and {self.answer_name} are {lengths[i]} tokens, more than "
+                f"max_length={self.max_length}. Raise max_length or use shorter audio; rows are never truncated."
+            ),
+        )
+        if messages:
+            for message in messages:
+                logger.warning("Skipping %s", message)
+            skipped["prompt_too_long"] += len(messages)
+            return self._process({key: [values[i] for i in keep] for key, values in batch.items()}, skipped)
+        return self.collate(batch, prompts, answers)
+
+
+def _answer_text(answer: Any) -> str:
+    """An answer column's value as text: a string, or assistant messages (`create_audio_dataset`'s `chosen`)."""
+    if isinstance(answer, str):
+        return answer
+    return "".join(message["content"] for message in answer if message["role"] == "assistant")

@@ -4,7 +4,6 @@ same chat template -> processor path as the online trainer (`prompt_inputs`)."""
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +66,7 @@ class AudioSFTConfig(AutoBf16Config, AudioDataConfig, SFTConfig):
             )
 
 
-class AudioSFTCollator:
+class AudioSFTCollator(prompt_inputs.AnsweredPromptCollator):
     """Collates rows of `prompt` (conversational, with an `{"type": "audio"}` part for the clip), `audio` and a
     transcript column into one batch for a model's forward with `labels`.
 
@@ -82,6 +81,8 @@ class AudioSFTCollator:
     batch with no row left holds empty tensors.
     """
 
+    answer_name = "transcript"
+
     def __init__(
         self,
         processing_class: Any,
@@ -91,51 +92,15 @@ class AudioSFTCollator:
         on_too_long: str = "skip",
         max_audio_seconds: float | None = None,
     ):
-        self.processing_class = processing_class
-        self.text_column = text_column
-        self.max_length = max_length
-        self.on_too_long = on_too_long
-        sampling_rate = prompt_inputs.processor_sampling_rate(processing_class)
-        self.read_audio = prompt_inputs.AudioPromptCollator(sampling_rate, on_error, max_audio_seconds)
-        self.end_of_turn = prompt_inputs.end_of_turn(processing_class)
+        super().__init__(processing_class, max_length, on_error, on_too_long, max_audio_seconds)
+        self.answer_columns = (text_column,)
 
-    def __call__(self, features: list[dict]) -> dict[str, Any]:
-        batch = self.read_audio(features)
-        skipped = Counter(batch.pop(SKIPPED_KEY))
-        inputs = self._process(batch, skipped)
-        inputs[SKIPPED_KEY] = dict(skipped)
-        return inputs
+    def empty(self) -> dict[str, Any]:
+        empty = torch.zeros((0, 0), dtype=torch.long)
+        return {"input_ids": empty, "attention_mask": empty, "labels": empty}
 
-    def _process(self, batch: dict[str, list], skipped: Counter) -> dict[str, Any]:
-        if not batch["prompt"]:
-            empty = torch.zeros((0, 0), dtype=torch.long)
-            return {"input_ids": empty, "attention_mask": empty, "labels": empty}
-        prompts = prompt_inputs.process_prompts(
-            self.processing_class, prompt_inputs.render_prompts(self.processing_class, batch), batch.get("audio")
-        )
-        completions = prompt_inputs.tokenizer_of(self.processing_class)(
-            [text + self.end_of_turn for text in batch[self.text_column]],
-            padding=True,
-            padding_side="right",
-            add_special_tokens=False,
-            return_tensors="pt",
-        )
-        lengths = (prompts["attention_mask"].sum(1) + completions["attention_mask"].sum(1)).tolist()
-        keep, messages = prompt_inputs.rows_that_fit(
-            batch,
-            lengths,
-            self.max_length,
-            self.on_too_long,
-            lambda i: (
-                f"its prompt (audio placeholders included) and transcript are {lengths[i]} tokens, more than "
-                f"max_length={self.max_length}. Raise max_length or use shorter audio; rows are never truncated."
-            ),
-        )
-        if messages:
-            for message in messages:
-                logger.warning("Skipping %s", message)
-            skipped["prompt_too_long"] += len(messages)
-            return self._process({key: [values[i] for i in keep] for key, values in batch.items()}, skipped)
+    def collate(self, batch, prompts, answers) -> dict[str, Any]:
+        (completions,) = answers
         attention_mask, input_ids, completion_mask = flush_left(
             torch.cat((prompts["attention_mask"], completions["attention_mask"]), dim=1),
             torch.cat((prompts["input_ids"], completions["input_ids"]), dim=1),
