@@ -19,8 +19,9 @@ from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from trl_audio import AudioOnlineDPOTrainer
-from trl_audio.prompt_inputs import SKIPPED_KEY
+from trl_audio import AudioGRPOConfig, AudioGRPOTrainer, AudioOnlineDPOTrainer
+from trl_audio.prompt_inputs import SKIPPED_KEY, AudioPromptCollator, prepare_prompts, processor_sampling_rate
+from trl_audio.skips import SkipCounter
 from trl_audio.testing import load_tiny
 from trl_audio.vllm_client import VLLMServerClient, VLLMServerError, chat_messages, checkpoint_state_dict
 
@@ -237,10 +238,11 @@ def vllm_rows():
     return [audio_row(i, f"Transcribe clip {i}.") for i in range(4)]
 
 
-def prompt_ids_by_text(trainer, rows):
-    batch = trainer.data_collator(rows)
+def prompt_ids_by_text(processor, rows):
+    """Each row's prompt token ids as the trainers' processor path gives them, by the prompt's text part."""
+    batch = AudioPromptCollator(processor_sampling_rate(processor))(rows)
     batch.pop(SKIPPED_KEY)
-    _, inputs = trainer._prepare_prompt_inputs(batch)
+    _, inputs = prepare_prompts(processor, batch, None, 0, "max_new_tokens", "raise", SkipCounter())
     return {
         row["prompt"][0]["content"][1]["text"]: ids[mask.bool()].tolist()
         for row, ids, mask in zip(rows, inputs["input_ids"], inputs["attention_mask"])
@@ -271,7 +273,7 @@ def test_trainer_trains_on_the_servers_samples_and_pushes_weights_each_step(tiny
     fake = FakeVLLM({}, 100, 0)
     with FakeServer(lambda *a: fake(*a)) as server:
         trainer = vllm_trainer(tmp_path, tiny_qwen2_audio_dir, server.url)
-        fake.prompt_ids_by_text = prompt_ids_by_text(trainer, vllm_rows())
+        fake.prompt_ids_by_text = prompt_ids_by_text(trainer.processing_class, vllm_rows())
         fake.eos = trainer.eos_token_ids[0]
         initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
         trainer.train()
@@ -293,7 +295,7 @@ def test_trainer_pushes_every_vllm_sync_steps(tiny_qwen2_audio_dir, tmp_path):
     fake = FakeVLLM({}, 100, 0)
     with FakeServer(lambda *a: fake(*a)) as server:
         trainer = vllm_trainer(tmp_path, tiny_qwen2_audio_dir, server.url, vllm_sync_steps=2, max_steps=4)
-        fake.prompt_ids_by_text = prompt_ids_by_text(trainer, vllm_rows())
+        fake.prompt_ids_by_text = prompt_ids_by_text(trainer.processing_class, vllm_rows())
         trainer.train()
     assert server.paths().count("/collective_rpc") == 2  # before steps 1 and 3
 
@@ -302,7 +304,7 @@ def test_a_prompt_the_server_tokenizes_differently_raises_naming_the_row(tiny_qw
     fake = FakeVLLM({}, 100, 0)
     with FakeServer(lambda *a: fake(*a)) as server:
         trainer = vllm_trainer(tmp_path, tiny_qwen2_audio_dir, server.url)
-        fake.prompt_ids_by_text = prompt_ids_by_text(trainer, vllm_rows())
+        fake.prompt_ids_by_text = prompt_ids_by_text(trainer.processing_class, vllm_rows())
         fake.prompt_ids_by_text["Transcribe clip 1."] = fake.prompt_ids_by_text["Transcribe clip 1."][:-1]
         with pytest.raises(ValueError, match=r"row id='.+': the vLLM server tokenized its prompt into \d+ tokens"):
             trainer.train()
@@ -313,3 +315,32 @@ def test_phi4mm_and_colocate_are_refused_early(tiny_phi4mm_dir, tmp_path):
         make_config(tmp_path, use_vllm=True, vllm_mode="colocate")
     with FakeServer(lambda *a: standard(*a)) as server, pytest.raises(ValueError, match="Qwen2-Audio and GLM-ASR"):
         vllm_trainer(tmp_path, tiny_phi4mm_dir, server.url)
+
+
+def test_grpo_trains_on_the_servers_samples_through_the_same_sampler(tiny_qwen2_audio_dir, tmp_path):
+    """AudioGRPOTrainer with `use_vllm`: each unique prompt of a generation batch goes to the server once, for as
+    many samples as the batch holds of it (TRL's GRPO order: a prompt's samples side by side), the weights are pushed
+    before each step, and training runs on the server's samples."""
+    fake = FakeVLLM({}, 100, 0)
+    with FakeServer(lambda *a: fake(*a)) as server:
+        model, processor = load_tiny(tiny_qwen2_audio_dir)
+        config = AudioGRPOConfig(
+            output_dir=str(tmp_path / "out"), use_vllm=True, vllm_server_base_url=server.url,
+            vllm_weights_dir=str(tmp_path / "weights"), vllm_server_timeout=5.0, per_device_train_batch_size=6,
+            num_generations=3, max_completion_length=8, max_steps=2, logging_steps=1, report_to="none",
+            save_strategy="no", disable_tqdm=True,
+        )  # fmt: skip
+        trainer = AudioGRPOTrainer(
+            model=model, reward_funcs=token_sum_reward, args=config, train_dataset=Dataset.from_list(vllm_rows()),
+            processing_class=processor,
+        )  # fmt: skip
+        fake.prompt_ids_by_text = prompt_ids_by_text(processor, vllm_rows())
+        fake.eos = trainer.eos_token_ids[0]
+        initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+        trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 2 and all(loss == loss for loss in losses)
+    chats = [body for _, path, body in server.requests if path == "/v1/chat/completions"]
+    assert len(chats) == 2 * 2 and all(body["n"] == 3 and body["max_tokens"] == 8 for body in chats)
+    assert server.paths().count("/collective_rpc") == 2  # before steps 1 and 2
+    assert any(not torch.equal(p, initial[name]) for name, p in trainer.model.named_parameters() if p.requires_grad)
