@@ -233,9 +233,10 @@ def test_a_row_dependent_reward_is_fitted_on_a_handful_of_clips(small_corpus_dir
     WER must fall, and the samples' WER reward of the last 5 steps must beat the first 5 by more than 0.05. Measured
     with seeds 0 / 1 / 2: greedy WER 0.176 -> 0.088 / 0.147 / 0.088, WER reward -0.31 / -0.33 / -0.28 -> -0.14 /
     -0.20 / -0.13. A reward or a clip attached to the wrong row scores each sample against a sentence it does not
-    transcribe, and neither moves. False-pass odds: without learning greedy transcripts do not change (no update, no WER change), and
-    the per-step mean WER reward of 32 samples (sample sd about 0.2) has a sd of about 0.035, so the difference of two
-    5-step means has one of about 0.022: 0.05 by chance is a 2.3-sigma event (about 1%), on top of the WER fall."""
+    transcribe, and neither moves. False-pass odds: without learning greedy transcripts do not change (no update, no
+    WER change), and the per-step mean WER reward of 32 samples (sample sd about 0.2) has a sd of about 0.035, so the
+    difference of two 5-step means has one of about 0.022: 0.05 by chance is a 2.3-sigma event (about 1%), on top of
+    the WER fall."""
     model, processor = load_tiny(WARM_START)
     model.float()
     freeze_audio_path(model)
