@@ -60,7 +60,7 @@ def run_one(args: argparse.Namespace) -> dict:
     import torch
 
     from trl_audio.evaluation import TranscriptionEvalCallback, evaluate_rows
-    from trl_audio.modeling import freeze_audio_path, init_model
+    from trl_audio.modeling import freeze_audio_path, init_model, without_fused_lm_head
     from trl_audio.recipe import (
         EVAL_KWARGS,
         PAIRS,
@@ -79,7 +79,7 @@ def run_one(args: argparse.Namespace) -> dict:
     began = time.time()
     skip_counter = SkipCounter()
     kind, arm_settings = ARMS.get(args.arm, (args.arm, {}))
-    pairs = PAIRS if kind == "offline_dpo" else None
+    pairs = PAIRS if kind in ("offline_dpo", "offline_then_online") else None
     train, test = corpus_splits(args.corpus_dir, args.seed, skip_counter, args.train_rows, args.test_rows, pairs)
     result = {"arm": args.arm, "seed": args.seed, "model": str(args.model), "corpus_dir": str(args.corpus_dir)}
     result["test_rows"] = args.test_rows  # None: all
@@ -98,43 +98,65 @@ def run_one(args: argparse.Namespace) -> dict:
         return result | _scored(evaluate_rows(model, processor, test, **EVAL_KWARGS), began)
 
     overrides = {"seed": args.seed, **arm_settings, **dict(args.set)}
-    result |= {"overrides": dict(args.set), "lora_r": args.lora_r if kind == "dpo" else 0}
+    result |= {"overrides": dict(args.set), "lora_r": args.lora_r if kind in ("dpo", "offline_then_online") else 0}
     output_dir = Path(args.out_dir, f"{args.arm}-seed{args.seed}")
-    if kind == "dpo":
-        trainer = online_dpo_trainer(
-            model, processor, train, output_dir, skip_counter, lora_r=args.lora_r, **overrides
+
+    def make_trainer(stage: str, stage_model, settings: dict):
+        """The trainer of one stage (`sft` / `dpo` / `grpo` / `offline_dpo`) and the log keys of its curve."""
+        if stage == "dpo":
+            trainer = online_dpo_trainer(
+                stage_model, processor, train, output_dir, skip_counter, lora_r=args.lora_r, **settings
+            )
+            return trainer, ("loss", "objective/kl", "pairs/tied_fraction", *REWARD_LOG_KEYS)
+        if stage == "grpo":
+            trainer = grpo_trainer(stage_model, processor, train, output_dir, skip_counter, **settings)
+            return trainer, ("loss", "reward", "reward_std", *REWARD_LOG_KEYS)
+        if stage == "offline_dpo":
+            trainer = offline_dpo_trainer(stage_model, processor, train, output_dir, skip_counter, **settings)
+            return trainer, ("loss", "rewards/margins", "rewards/accuracies")
+        return continued_sft_trainer(stage_model, processor, train, output_dir, skip_counter, **settings), ("loss",)
+
+    # One stage, or offline DPO for half the minutes and then online DPO from where it ended for the other half
+    # (`offline_then_online`: the arm's settings are the online stage's, its reference the offline stage's result).
+    minutes = 60 * args.minutes
+    stages = [(kind, overrides, minutes)]
+    if kind == "offline_then_online":
+        stages = [("offline_dpo", {"seed": args.seed}, minutes / 2), ("dpo", overrides, minutes / 2)]
+    seen: list[str] = []  # the rows the arm trains on, in the order it sees them (every batch goes to the collator)
+    curve: list[dict] = []
+    steps = 0
+    for stage, settings, seconds in stages:
+        trainer, log_keys = make_trainer(stage, model, settings)
+        collate = trainer.data_collator
+
+        def recording_collator(features, collate=collate):
+            seen.extend(feature["id"] for feature in features)
+            return collate(features)
+
+        trainer.data_collator = recording_collator
+        evaluator = TranscriptionEvalCallback(
+            trainer, {"test": test[: args.curve_rows]}, batch_size=16, max_new_tokens=40
         )
-        log_keys = ("loss", "objective/kl", "pairs/tied_fraction", *REWARD_LOG_KEYS)
-    elif kind == "grpo":
-        trainer = grpo_trainer(model, processor, train, output_dir, skip_counter, **overrides)
-        log_keys = ("loss", "reward", "reward_std", *REWARD_LOG_KEYS)
-    elif kind == "offline_dpo":
-        trainer = offline_dpo_trainer(model, processor, train, output_dir, skip_counter, **overrides)
-        log_keys = ("loss", "rewards/margins", "rewards/accuracies")
-    else:
-        trainer = continued_sft_trainer(model, processor, train, output_dir, skip_counter, **overrides)
-        log_keys = ("loss",)
-    # The rows the arm trains on, in the order it sees them (the collator gets every batch's rows).
-    seen: list[str] = []
-    collate = trainer.data_collator
-
-    def recording_collator(features):
-        seen.extend(feature["id"] for feature in features)
-        return collate(features)
-
-    trainer.data_collator = recording_collator
+        clock = TrainingClock(evaluator, args.curve_every, max_seconds=seconds, log_keys=log_keys)
+        trainer.add_callback(clock)
+        trainer.train()
+        elapsed = curve[-1]["train_seconds"] if curve else 0.0
+        curve += [
+            {**point, "step": point["step"] + steps, "train_seconds": point["train_seconds"] + elapsed, "stage": stage}
+            for point in clock.curve
+        ]
+        steps += trainer.state.global_step
+        model = without_fused_lm_head(trainer.model)  # the next stage's reference is a copy of it
     config = trainer.args
-    evaluator = TranscriptionEvalCallback(trainer, {"test": test[: args.curve_rows]}, batch_size=16, max_new_tokens=40)
-    clock = TrainingClock(evaluator, args.curve_every, max_seconds=60 * args.minutes, log_keys=log_keys)
-    trainer.add_callback(clock)
-    trainer.train()
     result |= {
-        "steps": trainer.state.global_step,
-        "train_seconds": clock.curve[-1]["train_seconds"],
+        "steps": steps,
+        "train_seconds": curve[-1]["train_seconds"],
         "rows_seen": len(seen),
-        "curve": clock.curve,
+        "curve": curve,
         "config": {
-            key: config.to_dict()[key] for key in sorted(set(overrides) | _keys(kind)) if key in config.to_dict()
+            key: config.to_dict()[key]
+            for key in sorted(set(overrides) | _keys(stages[-1][0]))
+            if key in config.to_dict()
         },
     }
     # Training-clip fit: the first `fit_rows` distinct rows it trained on, scored after and (fresh warm start) before.

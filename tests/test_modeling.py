@@ -97,3 +97,28 @@ def test_freeze_audio_path_names_an_unknown_family(tiny_phi4mm_dir):
     model.config.model_type = "new_audio_llm"
     with pytest.raises(ValueError, match="new_audio_llm.*AUDIO_PATH_MODULES"):
         freeze_audio_path(model)
+
+
+def test_a_copy_of_a_model_trl_patched_runs_its_own_weights_once_unpatched(tiny_qwen2_audio_dir):
+    """TRL's fused log-prob head is a forward bound to the instance: a deep copy (a reference made from a model that
+    went through DPO or GRPO) runs the original's weights. `without_fused_lm_head` gives the class's forward back."""
+    import copy
+
+    from trl.trainer.utils import add_fused_lm_head
+
+    from trl_audio.modeling import without_fused_lm_head
+
+    model, processor = load_tiny(tiny_qwen2_audio_dir)
+    input_ids = torch.tensor([processor.tokenizer("Ada Lovelace").input_ids])
+
+    def copy_changed_then_run(original):
+        duplicate = copy.deepcopy(original)
+        with torch.no_grad():
+            duplicate.get_output_embeddings().weight.mul_(2.0)
+            return original(input_ids=input_ids).logits, duplicate(input_ids=input_ids).logits
+
+    add_fused_lm_head(model)
+    original, duplicate = copy_changed_then_run(model)
+    torch.testing.assert_close(original, duplicate)  # the bug: the copy ran the original's weights
+    original, duplicate = copy_changed_then_run(without_fused_lm_head(model))
+    assert (original - duplicate).abs().max() > 1e-3

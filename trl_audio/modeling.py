@@ -9,6 +9,8 @@ import os
 import re
 from typing import Any
 
+from peft import PeftModel
+
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,17 @@ def freeze_audio_path(model, projector: bool = True) -> int:
             frozen += parameter.numel() if parameter.requires_grad else 0
             parameter.requires_grad_(False)
     return frozen
+
+
+def without_fused_lm_head(model):
+    """`model` with the forward of its class again. TRL's DPO and GRPO trainers patch `model.forward` on the instance
+    (`trl.trainer.utils.add_fused_lm_head`, a method bound to that instance), and a deep copy keeps the binding: a
+    reference model copied from a model that went through one of them (a second training stage) would run the
+    original's weights, not its own. Call this between stages; a model without the patch is returned as it is
+    (`tests/test_modeling.py` reproduces the binding)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    base.__dict__.pop("forward", None)
+    return model
 
 
 def lora_target_modules(targets: str | list[str] | None, model_type: str) -> str | list[str]:

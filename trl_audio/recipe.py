@@ -49,13 +49,15 @@ REWARD_LOG_KEYS = tuple(f"rewards/{name}_reward/mean" for name in REWARDS)
 # pair's chosen sample (RPO): the variant aimed at per-word errors, which keeps the chosen transcript likely while the
 # pair pushes the words where the samples differ apart.
 # `grpo` weighs each of a clip's 8 samples by its reward against the clip's other samples (`grpo_trainer`);
-# `offline_dpo` trains on fixed pairs: the reference against itself with one listed rare word swapped (`PAIRS`).
+# `offline_dpo` trains on fixed pairs: the reference against itself with one listed rare word swapped (`PAIRS`);
+# `offline_dpo_then_dpo_rpo` runs it for half the time, then `dpo_rpo` from its result (benchmarks/learning.py).
 ARMS = {
     "sft": ("sft", {}),
     "dpo": ("dpo", {}),
     "dpo_rpo": ("dpo", {"rpo_alpha": 1.0}),
     "grpo": ("grpo", {}),
     "offline_dpo": ("offline_dpo", {}),
+    "offline_dpo_then_dpo_rpo": ("offline_then_online", {"rpo_alpha": 1.0}),
 }
 # The offline-DPO arm's pairs (`create_audio_dataset`'s `simu_preference`): `rejected` is the reference with one of the
 # row's keywords swapped for the closest-spelled word of its biasing list, the error a biased model makes; rows that
