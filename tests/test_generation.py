@@ -8,7 +8,7 @@ from accelerate import Accelerator
 from helpers import audio_row, audio_rows
 from transformers import GenerationConfig
 
-from trl_audio import generation
+from trl_audio import generation, prompt_inputs
 from trl_audio.modeling import freeze_audio_path
 from trl_audio.prompt_embeds import PromptEncoder
 from trl_audio.prompt_inputs import (
@@ -36,7 +36,7 @@ def prompt_batch(model, processor, rows, reuse=True):
     batch.pop("_skipped_rows")
     kept, inputs = prepare_prompts(processor, batch, 1024, 8, "max_new_tokens", "raise", SkipCounter())
     encoder = PromptEncoder(Accelerator(cpu=True), placeholder_token_ids(processor), reuse)
-    return kept, encoder.policy_batch(model, inputs, kept["audio"])
+    return kept, encoder.policy_batch(model, inputs, prompt_inputs.audio_rows(kept["audio"]))
 
 
 def greedy(processor, **overrides):

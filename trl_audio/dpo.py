@@ -192,9 +192,8 @@ class AudioDPOTrainer(GivesHandlersBackOnError, DPOTrainer):
         prompts = dict(inputs.pop(PROMPT_INPUTS))
         if not prompts:
             return inputs
-        audio_rows = prompts.pop("audio_rows").tolist()
-        audios = [True if row in audio_rows else None for row in range(prompts["input_ids"].size(0))]
-        policy = self.prompt_encoder.policy_batch(self.model, prompts, audios)
+        rows_with_audio = prompts.pop("audio_rows").tolist()
+        policy = self.prompt_encoder.policy_batch(self.model, prompts, rows_with_audio)
         if self.ref_model is None:  # the reference is the policy's own call, with its adapter off
             policy = reference = self.prompt_encoder.shared_with_adapter_off(policy, self.model)
         else:

@@ -22,6 +22,7 @@ from .prompt_embeds import PromptBatch, PromptEncoder
 from .prompt_inputs import (
     SKIPPED_KEY,
     AudioPromptCollator,
+    audio_rows,
     placeholder_token_ids,
     prepare_prompts,
     processor_sampling_rate,
@@ -180,7 +181,7 @@ class AudioGRPOTrainer(GivesHandlersBackOnError, GRPOTrainer):
         )  # fmt: skip
         if not prompt_inputs:
             return Rollout(None, None, kept, [-1] * len(inputs))
-        batch = self.prompt_encoder.policy_batch(self.model, prompt_inputs, kept.get("audio"))
+        batch = self.prompt_encoder.policy_batch(self.model, prompt_inputs, audio_rows(kept.get("audio")))
         reference = None
         if self.beta != 0.0 and self.ref_model is not None:
             reference = self.prompt_encoder.reference_batch(batch, self.model, self.ref_model)

@@ -19,7 +19,7 @@ from accelerate.utils import DistributedType
 from peft import PeftModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from .prompt_inputs import audio_rows, select_rows, to_model_inputs
+from .prompt_inputs import select_rows, to_model_inputs
 
 
 logger = logging.getLogger(__name__)
@@ -196,11 +196,11 @@ class PromptEncoder:
         return reader
 
     def policy_batch(
-        self, model: nn.Module, prompt_inputs: dict[str, torch.Tensor], audios: list | None
+        self, model: nn.Module, prompt_inputs: dict[str, torch.Tensor], audio_rows: list[int]
     ) -> PromptBatch:
-        """The prompts for the policy (`audios`: each prompt's clip or None, `prompt_inputs.audio_rows`' argument): the
-        processor's outputs on the model's device, and the audio embeddings read once when they can be reused."""
-        batch = PromptBatch(to_model_inputs(model, prompt_inputs), audio_rows(audios))
+        """The prompts for the policy (`audio_rows`: those with a clip, `prompt_inputs.audio_rows`): the processor's
+        outputs on the model's device, and the audio embeddings read once when they can be reused."""
+        batch = PromptBatch(to_model_inputs(model, prompt_inputs), audio_rows)
         reader = self.reader(model, batch)
         if reader is None:
             return batch

@@ -29,6 +29,7 @@ from .prompt_embeds import PromptBatch, PromptEncoder
 from .prompt_inputs import (
     SKIPPED_KEY,
     AudioPromptCollator,
+    audio_rows,
     placeholder_token_ids,
     prepare_prompts,
     processor_sampling_rate,
@@ -142,7 +143,7 @@ class AudioOnlineDPOTrainer(GivesHandlersBackOnError, OnlineDPOTrainer):
 
     def _prompt_batch(self, prompt_inputs: dict[str, torch.Tensor], audios: list | None) -> PromptBatch:
         """The step's prompts for the policy (`PromptEncoder.policy_batch`: each clip encoded once when it can be)."""
-        return self.prompt_encoder.policy_batch(self.model, prompt_inputs, audios)
+        return self.prompt_encoder.policy_batch(self.model, prompt_inputs, audio_rows(audios))
 
     def _reference_batch(self, batch: PromptBatch) -> PromptBatch:
         """The step's prompts for the reference (`PromptEncoder.reference_batch`)."""
